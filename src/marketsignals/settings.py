@@ -1,0 +1,276 @@
+"""Typed settings, built once from a conf/ profile, environment variables and CLI flags.
+
+Precedence (last wins): ``conf/<profile>.yaml`` < ``MARKETSIGNALS__SECTION__KEY=value`` environment
+variables < ``--set section.key=value`` flags. Every value is validated here; a bad one stops with a
+``SettingsError`` that names the key and the expected form, before Spark or Kafka is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "MARKETSIGNALS__"
+CONF_DIR_ENV = "MARKETSIGNALS_CONF_DIR"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|seconds?|m|minutes?|h|hours?)\s*$")
+_UNIT_MS = {"ms": 1, "millisecond": 1, "milliseconds": 1, "s": 1000, "second": 1000, "seconds": 1000,
+            "m": 60_000, "minute": 60_000, "minutes": 60_000, "h": 3_600_000, "hour": 3_600_000,
+            "hours": 3_600_000}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message says which key and what form is expected."""
+
+
+def duration_ms(text: str | int | float) -> int:
+    """Parse ``'30 seconds'``, ``'500ms'``, ``'1h'`` or a number of milliseconds into milliseconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return int(text)
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"expected a duration like '30 seconds', '500ms' or '1h', got {text!r}")
+    return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    """Where ticks come from and where signals and rejects go."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topics: list[str] = Field(default_factory=lambda: ["market-data", "level2-data", "trade-data"])
+    topic_pattern: str | None = None
+    signals_topic: str = "trading-signals"
+    dead_letter_topic: str = "dead-letter"
+    partitions: int = Field(3, ge=1)
+    starting_offsets: str = "latest"
+    max_offsets_per_trigger: int | None = Field(None, ge=1)
+    # Passed through to the Kafka clients (source, sinks, feed); keys without the "kafka." prefix,
+    # e.g. {"security.protocol": "SASL_SSL"}. Values may be secrets: never logged.
+    options: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("topics")
+    @classmethod
+    def _topics_not_empty(cls, topics: list[str]) -> list[str]:
+        if not topics or any(not t.strip() for t in topics):
+            raise ValueError("expected a non-empty list of topic names")
+        return topics
+
+    @property
+    def tick_topics(self) -> list[str]:
+        return list(self.topics)
+
+    @property
+    def all_topics(self) -> list[str]:
+        return [*self.topics, self.signals_topic, self.dead_letter_topic]
+
+
+class BrokerSettings(_Section):
+    """The local single-node KRaft broker that `marketsignals kafka up` runs from Maven jars."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(9092, ge=1, le=65535)
+    controller_port: int = Field(9093, ge=1, le=65535)
+    data_dir: str = ".local/kafka"
+    heap: str = "512m"
+    start_timeout_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> BrokerSettings:
+        if self.port == self.controller_port:
+            raise ValueError("port and controller_port must differ")
+        return self
+
+
+class StrategySettings(_Section):
+    """SPEC §3: every threshold and weight of the risk model and the signal rules."""
+
+    version: str = "v1"
+    volatility_high: float = 2.0
+    volatility_low: float = 0.5
+    liquidity_high_volume: int = 1_000_000
+    liquidity_medium_volume: int = 100_000
+    weight_volatility: float = 0.4
+    weight_spread: float = 0.3
+    weight_liquidity: float = 0.3
+    liquidity_penalty_low: float = 3.0
+    liquidity_penalty_medium: float = 1.0
+    liquidity_penalty_high: float = 0.0
+    signal_max_risk: float = 2.0
+    actionable_max_risk: float = 2.5
+    confidence_risk_factor: float = 20.0
+    base_position: int = 100_000
+    position_risk_factor: float = 0.2
+    position_volatility_factor: float = 0.1
+    position_floor: float = 0.1
+
+
+class StreamSettings(_Section):
+    """The streaming job: ordering, watermark, state, emission, sinks, trigger."""
+
+    checkpoint: str = ".local/checkpoints/stream"
+    audit_table: str = ".local/tables/signals_audit"
+    metrics_path: str | None = ".local/metrics/stream.jsonl"
+    trigger: str = "processingTime=1 second"
+    ordering: Literal["arrival", "event_time"] = "arrival"
+    emission: Literal["on_change", "every"] = "on_change"
+    watermark_delay: str = "30 seconds"
+    max_future_skew: str = "5 seconds"
+    state_idle_timeout: str = "1 hour"
+    query_name: str = "marketsignals"
+
+    @field_validator("watermark_delay", "max_future_skew", "state_idle_timeout")
+    @classmethod
+    def _is_duration(cls, value: str) -> str:
+        duration_ms(value)
+        return value
+
+    @field_validator("trigger")
+    @classmethod
+    def _is_trigger(cls, value: str) -> str:
+        if value in ("availableNow", "once"):
+            return value
+        kind, _, arg = value.partition("=")
+        if kind != "processingTime" or not arg:
+            raise ValueError("expected 'availableNow' or 'processingTime=<duration>', e.g. 'processingTime=1 second'")
+        duration_ms(arg)
+        return value
+
+    @property
+    def watermark_delay_ms(self) -> int:
+        return duration_ms(self.watermark_delay)
+
+    @property
+    def max_future_skew_ms(self) -> int:
+        return duration_ms(self.max_future_skew)
+
+    @property
+    def state_idle_timeout_ms(self) -> int:
+        return duration_ms(self.state_idle_timeout)
+
+
+class BacktestSettings(_Section):
+    """The batch backtest and its strategy simulation."""
+
+    input: str = ".local/history"
+    input_format: Literal["parquet", "csv", "json"] = "parquet"
+    output: str = ".local/backtest"
+    fill: Literal["next_tick", "same_tick"] = "next_tick"
+    fee_bps: float = Field(1.0, ge=0)
+    initial_capital: float = Field(1_000_000.0, gt=0)
+
+
+class SparkSettings(_Section):
+    """How the local SparkSession is built; on EMR spark-submit's own --conf wins."""
+
+    master: str | None = "local[*]"
+    app_name: str = "marketsignals"
+    jars_dir: str = ".jars/spark"
+    shuffle_partitions: int = Field(4, ge=1)
+    log_level: str = "WARN"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class Settings(_Section):
+    """Everything the product reads, in one immutable object passed down from the edge."""
+
+    profile: str = "local"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    strategy: StrategySettings = Field(default_factory=StrategySettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
+    backtest: BacktestSettings = Field(default_factory=BacktestSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+
+    def with_overrides(self, overrides: Iterable[str]) -> Settings:
+        """A copy with ``section.key=value`` overrides applied (validated like the file)."""
+        data = self.model_dump()
+        for item in overrides:
+            _apply_assignment(data, item, source="--set")
+        return _validate(data, source="--set")
+
+
+def default_conf_dir() -> Path:
+    """conf/ of the checkout (or MARKETSIGNALS_CONF_DIR, e.g. on a cluster node)."""
+    env = os.environ.get(CONF_DIR_ENV)
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for parent in (Path.cwd(), *here.parents):
+        candidate = parent / "conf"
+        if (candidate / "local.yaml").exists():
+            return candidate
+    return Path.cwd() / "conf"
+
+
+def load_settings(
+    profile: str = "local",
+    overrides: Iterable[str] = (),
+    env: Mapping[str, str] | None = None,
+    conf_file: str | Path | None = None,
+) -> Settings:
+    """Build the settings: profile file, then ``MARKETSIGNALS__*`` env vars, then ``--set`` flags."""
+    path = Path(conf_file) if conf_file else default_conf_dir() / f"{profile}.yaml"
+    if not path.exists():
+        raise SettingsError(f"config profile file {path} not found: pass --profile local|emr or --conf FILE")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: expected a mapping of sections at the top level")
+    data.setdefault("profile", profile)
+    environ = os.environ if env is None else env
+    for name, value in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX):
+            key = name[len(ENV_PREFIX):].lower().replace("__", ".")
+            _apply_assignment(data, f"{key}={value}", source=name)
+    for item in overrides:
+        _apply_assignment(data, item, source="--set")
+    return _validate(data, source=str(path))
+
+
+def _apply_assignment(data: dict[str, Any], item: str, source: str) -> None:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SettingsError(f"{source}: expected section.key=value, got {item!r}")
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SettingsError(f"{source}: {key}: {part} is not a section")
+        node = child
+    # YAML scalars: "3" -> 3, "true" -> True, "[a, b]" -> list; dict-valued leaves (options/conf)
+    # take "section.options.some.key=value" as a plain string.
+    if len(parts) >= 3 and parts[1] in ("options", "conf"):
+        node = data.setdefault(parts[0], {}).setdefault(parts[1], {})
+        node[".".join(parts[2:])] = raw
+        return
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        node[parts[-1]] = raw
+
+
+def _validate(data: dict[str, Any], source: str) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            problems.append(f"{key}: {err['msg']}{shown}")
+        raise SettingsError(f"invalid settings from {source}: " + "; ".join(problems)) from None
