@@ -8,6 +8,7 @@ period); ``status`` reports up/down, topics and end offsets. No Docker needed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import shutil
@@ -70,7 +71,8 @@ def java_executable() -> str:
     candidate = Path(home) / "bin" / "java" if home else None
     java = str(candidate) if candidate and candidate.exists() else shutil.which("java")
     if not java:
-        raise BrokerError("java not found: install OpenJDK 17 (apt-get install openjdk-17-jre-headless) or set JAVA_HOME")
+        raise BrokerError("java not found: install OpenJDK 17 (apt-get install openjdk-17-jre-headless) "
+                          "or set JAVA_HOME")
     out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
     match = re.search(r'version "(\d+)', out)
     if match and int(match.group(1)) < 17:
@@ -295,10 +297,8 @@ class LocalBroker:
             existing = set(client.list_topics())
             missing = [t for t in wanted if t not in existing]
             if missing:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):
                     client.create_topics([NewTopic(t, self.kafka.partitions, 1) for t in missing])
-                except TopicAlreadyExistsError:
-                    pass
                 log(f"kafka: created topics {', '.join(missing)} ({self.kafka.partitions} partitions)")
             return missing
         finally:

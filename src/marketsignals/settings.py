@@ -245,18 +245,23 @@ def _apply_assignment(data: dict[str, Any], item: str, source: str) -> None:
     if not sep or not key:
         raise SettingsError(f"{source}: expected section.key=value, got {item!r}")
     parts = key.split(".")
+    # dict-valued leaves (kafka.options, spark.conf) take the rest of the key as one dotted name:
+    # "spark.conf.spark.sql.shuffle.partitions=8"
+    if len(parts) >= 3 and parts[1] in ("options", "conf"):
+        section = data.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise SettingsError(f"{source}: {key}: {parts[0]} is not a section")
+        leaf = section.get(parts[1])
+        section[parts[1]] = leaf = dict(leaf) if isinstance(leaf, dict) else {}
+        leaf[".".join(parts[2:])] = raw
+        return
     node = data
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise SettingsError(f"{source}: {key}: {part} is not a section")
         node = child
-    # YAML scalars: "3" -> 3, "true" -> True, "[a, b]" -> list; dict-valued leaves (options/conf)
-    # take "section.options.some.key=value" as a plain string.
-    if len(parts) >= 3 and parts[1] in ("options", "conf"):
-        node = data.setdefault(parts[0], {}).setdefault(parts[1], {})
-        node[".".join(parts[2:])] = raw
-        return
+    # YAML scalars: "3" -> 3, "true" -> True, "[a, b]" -> list
     try:
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:

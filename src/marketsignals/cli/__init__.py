@@ -19,6 +19,7 @@ from marketsignals.settings import Settings, SettingsError, load_settings
 COMMANDS: dict[str, str] = {
     "kafka": "Run the local single-node Kafka broker (KRaft) from the Maven jars",
     "feed": "Produce synthetic market ticks to Kafka or to a parquet history",
+    "stream": "Run the streaming signals job (Kafka ticks -> risk-scored signals)",
 }
 
 

@@ -1,0 +1,61 @@
+# marketsignals — every install is done here (venv, jars, broker); nothing by hand.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CLI := $(BIN)/marketsignals
+MVN := mvn -q -B -s jvm/settings.xml -f jvm/pom.xml
+PYTEST_ARGS ?=
+
+.PHONY: help setup venv jars kafka-up kafka-down kafka-status run test test-unit test-integration lint bench soak package clean
+
+help:
+	@echo "make run      broker + feed + streaming job + live console (Ctrl-C stops all)"
+	@echo "make test     set up and run the whole test suite (starts/stops its own broker)"
+	@echo "make jars | kafka-up | kafka-down | kafka-status | lint | bench | soak | package | clean"
+
+setup: venv jars
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found: install Python 3.11"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+# JVM artifacts from Maven Central into .jars/ (git-ignored). Re-runs only when the pom changes.
+jars: .jars/.fetched
+.jars/.fetched: jvm/pom.xml jvm/settings.xml
+	@command -v mvn >/dev/null || { echo "error: mvn not found: apt-get install maven"; exit 1; }
+	@command -v java >/dev/null || { echo "error: java not found: apt-get install openjdk-17-jdk-headless"; exit 1; }
+	$(MVN) -P connector package
+	$(MVN) -P broker package
+	@touch $@
+
+kafka-up: venv jars
+	$(CLI) kafka up
+kafka-down: venv
+	$(CLI) kafka down
+kafka-status: venv
+	$(CLI) kafka status
+
+run: venv jars
+	$(CLI) live
+
+test: venv jars
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: venv jars
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check src tests jobs bench
+	@if command -v shellcheck >/dev/null; then shellcheck bootstrap/*.sh .ci/run; else echo "shellcheck not installed (apt-get install shellcheck)"; fi
+
+clean:
+	-$(CLI) kafka down 2>/dev/null
+	rm -rf .local dist build spark-warehouse .pytest_cache

@@ -1,0 +1,1 @@
+"""The batch backtest: historical ticks through the live kernel, then a strategy simulation."""

@@ -1,0 +1,150 @@
+"""Per-symbol indicators of SPEC §2.
+
+Two implementations of one definition:
+
+* :func:`rolling_indicators` — the kernel (numpy) used by the streaming state handler *and* the
+  backtest. It takes the ticks to compute plus the symbol's history tail (at most
+  ``HISTORY`` ticks), so the result for a tick never depends on where micro-batches were cut: each
+  window is reduced on its own, from the same values in the same order (bitwise identical).
+* :func:`with_indicators` — Spark batch window functions over a whole data set. Streaming rejects
+  these (``NON_TIME_WINDOW_NOT_SUPPORTED_IN_STREAMING``); they are the reference the kernel is tested
+  against, and a convenient transform for research on small DataFrames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from marketsignals.schema import (
+    ASK,
+    BID,
+    BID_ASK_SPREAD,
+    ORDER_KEYS,
+    PRICE,
+    PRICE_CHANGE,
+    PRICE_CHANGE_PCT,
+    SMA_20,
+    SMA_50,
+    SPREAD_PCT,
+    SYMBOL,
+    VOLATILITY_20,
+    VOLUME,
+    VWAP,
+)
+
+VWAP_TICKS = 11
+SMA_SHORT_TICKS = 20
+SMA_LONG_TICKS = 50
+VOLATILITY_TICKS = 20
+# Ticks of history the next tick's windows need (the longest window minus the tick itself).
+HISTORY = max(VWAP_TICKS, SMA_SHORT_TICKS, SMA_LONG_TICKS, VOLATILITY_TICKS) - 1
+
+
+@dataclass(frozen=True)
+class History:
+    """The tail of a symbol's processed ticks that the next windows need (oldest first)."""
+
+    price: np.ndarray
+    volume: np.ndarray
+    price_change_pct: np.ndarray
+
+    @classmethod
+    def empty(cls) -> History:
+        return cls(np.empty(0), np.empty(0), np.empty(0))
+
+    def __len__(self) -> int:
+        return len(self.price)
+
+
+def _windows(full: np.ndarray, n_new: int, width: int) -> np.ndarray:
+    """The ``width``-tick window ending at each of the last ``n_new`` values of ``full``; windows
+    reaching before the first value are padded with NaN (partial window, like rowsBetween)."""
+    padded = np.concatenate([np.full(width - 1, np.nan), full])
+    return sliding_window_view(padded, width)[-n_new:]
+
+
+def rolling_indicators(price: np.ndarray, volume: np.ndarray, bid: np.ndarray, ask: np.ndarray,
+                       history: History) -> tuple[dict[str, np.ndarray], History]:
+    """SPEC §2 indicators for ticks already in order, continuing ``history``.
+
+    Returns the indicator columns (float arrays, NaN = null) and the new history tail.
+    price_change is null on a symbol's first tick; vwap is null when the window's volume is 0;
+    volatility_20 ignores nulls and is null with fewer than 2 values.
+    """
+    n = len(price)
+    price = np.asarray(price, dtype=np.float64)
+    volume_f = np.asarray(volume, dtype=np.float64)
+    full_price = np.concatenate([history.price, price])
+    full_volume = np.concatenate([history.volume, volume_f])
+    previous = np.concatenate([[np.nan], full_price[:-1]])[-n:] if n else np.empty(0)
+    change = price - previous
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change_pct = change / previous * 100.0
+    full_pct = np.concatenate([history.price_change_pct, change_pct])
+
+    price_w = _windows(full_price, n, SMA_LONG_TICKS)
+    sma_50 = np.nanmean(price_w, axis=1) if n else np.empty(0)
+    sma_20 = np.nanmean(price_w[:, -SMA_SHORT_TICKS:], axis=1) if n else np.empty(0)
+
+    pv_w = _windows(full_price * full_volume, n, VWAP_TICKS)
+    v_w = _windows(full_volume, n, VWAP_TICKS)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v_sum = np.nansum(v_w, axis=1)
+        vwap = np.where(v_sum == 0, np.nan, np.nansum(pv_w, axis=1) / v_sum)
+
+    pct_w = _windows(full_pct, n, VOLATILITY_TICKS)
+    counts = np.sum(~np.isnan(pct_w), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        volatility = np.where(counts >= 2, _nanstd_sample(pct_w, counts), np.nan)
+
+    spread = np.asarray(ask, dtype=np.float64) - np.asarray(bid, dtype=np.float64)
+    columns = {
+        PRICE_CHANGE: change,
+        PRICE_CHANGE_PCT: change_pct,
+        BID_ASK_SPREAD: spread,
+        SPREAD_PCT: spread / price * 100.0,
+        VWAP: vwap,
+        SMA_20: sma_20,
+        SMA_50: sma_50,
+        VOLATILITY_20: volatility,
+    }
+    tail = History(full_price[-HISTORY:], full_volume[-HISTORY:], full_pct[-HISTORY:])
+    return columns, tail
+
+
+def _nanstd_sample(windows: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Sample standard deviation (n-1) per row, NaN ignored (rows with < 2 values give NaN)."""
+    safe = np.maximum(counts, 1)
+    mean = np.nansum(windows, axis=1) / safe
+    dev = windows - mean[:, None]
+    ssq = np.nansum(dev * dev, axis=1)
+    return np.sqrt(ssq / np.maximum(counts - 1, 1))
+
+
+def with_indicators(df: DataFrame) -> DataFrame:
+    """Batch (non-streaming) Spark version of SPEC §2 over each symbol's ticks, ordered by
+    ``ts_ms, exchange, partition, offset``. Needs those columns plus price, volume, bid, ask."""
+    order = [F.col(k) for k in ORDER_KEYS if k in df.columns]
+    by_symbol = Window.partitionBy(SYMBOL).orderBy(*order)
+
+    def last(n: int) -> Window:
+        return by_symbol.rowsBetween(-(n - 1), Window.currentRow)
+
+    prev = F.lag(PRICE).over(by_symbol)
+    pv = F.col(PRICE) * F.col(VOLUME)
+    v_sum = F.sum(VOLUME).over(last(VWAP_TICKS))
+    return (
+        df.withColumn(PRICE_CHANGE, F.col(PRICE) - prev)
+        .withColumn(PRICE_CHANGE_PCT, F.col(PRICE_CHANGE) / prev * 100.0)
+        .withColumn(BID_ASK_SPREAD, F.col(ASK) - F.col(BID))
+        .withColumn(SPREAD_PCT, F.col(BID_ASK_SPREAD) / F.col(PRICE) * 100.0)
+        .withColumn(VWAP, F.when(v_sum != 0, F.sum(pv).over(last(VWAP_TICKS)) / v_sum))
+        .withColumn(SMA_20, F.avg(PRICE).over(last(SMA_SHORT_TICKS)))
+        .withColumn(SMA_50, F.avg(PRICE).over(last(SMA_LONG_TICKS)))
+        .withColumn(VOLATILITY_20, F.stddev_samp(PRICE_CHANGE_PCT).over(last(VOLATILITY_TICKS)))
+    )

@@ -1,0 +1,324 @@
+"""The per-symbol signal kernel shared by the streaming job and the backtest (SPEC §1-5).
+
+One call takes a symbol's new ticks (any arrival order) and the symbol's state, and returns the
+signals to emit, the ticks it had to reject (late, duplicate, out of order) and the new state. The
+streaming state handler keeps the state in Spark's state store between micro-batches; the backtest
+calls it once per symbol with an empty state. Parity between the two is a property of this design:
+there is no other code path that computes a signal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import types as T
+
+from marketsignals import indicators, risk
+from marketsignals.schema import (
+    ACTION,
+    ACTIONABLE,
+    ASK,
+    BID,
+    CONFIDENCE,
+    EMITTED_AT,
+    EVENT_TIME,
+    EXCHANGE,
+    INDICATOR_COLUMNS,
+    LIQUIDITY,
+    MOMENTUM,
+    OFFSET,
+    PARTITION,
+    POSITION_SIZE,
+    PRICE,
+    RAW,
+    REASON,
+    RISK_SCORE,
+    SIGNAL_ID,
+    SIGNAL_SCHEMA,
+    STRATEGY_VERSION,
+    SYMBOL,
+    TOPIC,
+    TRADING_SIGNAL,
+    TS_MS,
+    VOLATILITY_20,
+    VOLATILITY_REGIME,
+    VOLUME,
+    Reason,
+)
+from marketsignals.settings import StrategySettings
+
+KIND = "kind"
+KIND_SIGNAL, KIND_REJECT, KIND_COUNT = "signal", "reject", "count"
+PROCESSED = "processed"
+
+# What the kernel emits: signal records (minus emitted_at, stamped by the sink), reject records
+# and one count row per call, in one flat schema so Spark needs a single stateful operator.
+OUTPUT_SCHEMA = T.StructType(
+    [T.StructField(KIND, T.StringType(), False)]
+    + [T.StructField(TS_MS, T.LongType(), True) if f.name == EVENT_TIME else T.StructField(f.name, f.dataType, True)
+       for f in SIGNAL_SCHEMA.fields if f.name != EMITTED_AT]
+    + [
+        T.StructField(REASON, T.StringType(), True),
+        T.StructField(RAW, T.StringType(), True),
+        T.StructField(TOPIC, T.StringType(), True),
+        T.StructField(PARTITION, T.IntegerType(), True),
+        T.StructField(OFFSET, T.LongType(), True),
+        T.StructField(PROCESSED, T.LongType(), True),
+    ]
+)
+OUTPUT_COLUMNS: tuple[str, ...] = tuple(f.name for f in OUTPUT_SCHEMA.fields)
+
+# Columns of a pending (event_time mode) tick kept in state.
+_PENDING = (TS_MS, EXCHANGE, PARTITION, OFFSET, TOPIC, PRICE, VOLUME, BID, ASK)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """The settings the kernel depends on (a slice of Settings, so it pickles small)."""
+
+    strategy: StrategySettings
+    ordering: str = "arrival"  # or "event_time"
+    emission: str = "on_change"  # or "every"
+    watermark_delay_ms: int = 30_000
+    idle_timeout_ms: int = 3_600_000
+
+
+@dataclass(frozen=True)
+class SymbolState:
+    """What a symbol carries between calls: bounded by HISTORY ticks plus the event-time buffer."""
+
+    history: indicators.History = field(default_factory=indicators.History.empty)
+    last_ts: int | None = None  # event time of the last processed tick
+    high_water: int | None = None  # highest event time seen (lateness is measured from it)
+    recent: tuple[str, ...] = ()  # duplicate keys of the last HISTORY processed ticks
+    last_action: str = risk.HOLD  # actionable action of the last processed tick (on_change)
+    pending: dict[str, np.ndarray] | None = None  # event_time mode: ticks the watermark has not passed
+
+    @property
+    def has_pending(self) -> bool:
+        return self.pending is not None and len(self.pending[TS_MS]) > 0
+
+
+@dataclass
+class KernelResult:
+    output: pd.DataFrame
+    state: SymbolState
+    processed: int
+
+
+Columns = dict[str, np.ndarray]  # a set of ticks as equal-length numpy arrays (cheaper than pandas)
+_NO_HIGH_WATER = -(2**62)
+
+
+def signal_id(symbol: str, ts_ms: int, exchange: str, price: float, volume: int, version: str) -> str:
+    """Deterministic id of the signal of one tick: the same tick and strategy give the same id."""
+    text = f"{symbol}|{ts_ms}|{exchange}|{price!r}|{volume}|{version}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _take(ticks: Columns, index: np.ndarray) -> Columns:
+    return {k: v[index] for k, v in ticks.items()}
+
+
+def _length(ticks: Columns) -> int:
+    return len(ticks[TS_MS])
+
+
+def _order(ticks: Columns) -> np.ndarray:
+    """SPEC §2 order: event time, exchange, then Kafka (partition, offset)."""
+    return np.lexsort((ticks[OFFSET], ticks[PARTITION], ticks[EXCHANGE].astype(str), ticks[TS_MS]))
+
+
+def _keys(ticks: Columns) -> list[str]:
+    """Exact-duplicate keys (SPEC §1: symbol, timestamp, exchange, price, volume; symbol is the group)."""
+    return [f"{t}|{e}|{p!r}|{v}" for t, e, p, v in zip(ticks[TS_MS].tolist(), ticks[EXCHANGE].tolist(),
+                                                        ticks[PRICE].tolist(), ticks[VOLUME].tolist(), strict=True)]
+
+
+def columns_of(frame: pd.DataFrame) -> Columns:
+    """The kernel's view of a pandas frame of ticks (missing Kafka coordinates are filled in:
+    without them, as in a backtest file, the input order is the last tie-break)."""
+    n = len(frame)
+    ticks = {c: frame[c].to_numpy() for c in frame.columns}
+    ticks.setdefault(PARTITION, np.zeros(n, dtype=np.int32))
+    ticks.setdefault(OFFSET, np.arange(n, dtype=np.int64))
+    ticks.setdefault(TOPIC, np.full(n, None, dtype=object))
+    return ticks
+
+
+def process(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
+            watermark_ms: int | None) -> KernelResult:
+    """Run one symbol's new ``ticks`` (see :func:`columns_of`) through ordering, lateness,
+    duplicates, indicators, risk and emission. ``ticks`` may carry ``reason``/``raw`` (rejected by
+    validation: passed straight to the output). ``watermark_ms`` is the stream's watermark; None in
+    the backtest, where history is processed in event-time order and nothing is late."""
+    out = _Output(symbol)
+    if REASON in ticks:
+        bad = pd.notna(ticks[REASON])
+        if bad.any():
+            out.add_rejects(_take(ticks, bad), ticks[REASON][bad])
+            ticks = _take(ticks, ~bad)
+    n = _length(ticks)
+    high_water = state.high_water
+    if n and watermark_ms is not None:
+        # Late: behind the stream's watermark, or more than the watermark delay behind the highest
+        # event time its symbol had when it arrived -- so a late tick is late whatever the batch cut.
+        arrival = np.lexsort((ticks[OFFSET], ticks[PARTITION]))
+        ts_arrival = ticks[TS_MS][arrival].astype(np.int64)
+        before = np.maximum.accumulate(np.concatenate([[high_water if high_water is not None
+                                                         else _NO_HIGH_WATER], ts_arrival]))[:-1]
+        late = np.empty(n, dtype=bool)
+        late[arrival] = ts_arrival < np.maximum(before - cfg.watermark_delay_ms, watermark_ms)
+        if late.any():
+            out.add_rejects(_take(ticks, late), Reason.LATE)
+            ticks = _take(ticks, ~late)
+    if _length(ticks):
+        top = int(ticks[TS_MS].max())
+        high_water = top if high_water is None else max(high_water, top)
+
+    ticks = _take(ticks, _order(ticks))
+    seen = set(state.recent)
+    if state.has_pending:
+        seen.update(_keys(state.pending))
+    dup = np.zeros(_length(ticks), dtype=bool)
+    for i, key in enumerate(_keys(ticks)):
+        if key in seen:
+            dup[i] = True
+        else:
+            seen.add(key)
+    if dup.any():
+        out.add_rejects(_take(ticks, dup), Reason.DUPLICATE)
+        ticks = _take(ticks, ~dup)
+
+    pending = None
+    if cfg.ordering == "event_time" and watermark_ms is not None:
+        # Ticks wait until the watermark passes them, then go in SPEC §2 order. (One the watermark
+        # had already passed when it arrived was rejected as late above.)
+        pool = {c: ticks[c] for c in _PENDING}
+        if state.has_pending:
+            pool = {c: np.concatenate([state.pending[c], pool[c]]) for c in _PENDING}
+        pool = _take(pool, _order(pool))
+        ready = pool[TS_MS] <= watermark_ms
+        ticks, pending = _take(pool, ready), _take(pool, ~ready)
+    elif state.last_ts is not None and _length(ticks):
+        older = ticks[TS_MS] < state.last_ts
+        if older.any():
+            out.add_rejects(_take(ticks, older), Reason.OUT_OF_ORDER)
+            ticks = _take(ticks, ~older)
+
+    state = replace(state, high_water=high_water, pending=pending)
+    processed = _length(ticks)
+    if processed:
+        state = _compute(ticks, state, cfg, out)
+    return KernelResult(out.frame(processed), state, processed)
+
+
+def _compute(ticks: Columns, state: SymbolState, cfg: KernelConfig, out: _Output) -> SymbolState:
+    """Indicators, risk and emission for ticks in order. A gap longer than the idle timeout starts a
+    new series -- exactly what evicting an idle symbol's state does in the stream."""
+    ts = ticks[TS_MS].astype(np.int64)
+    gaps = np.diff(ts, prepend=state.last_ts if state.last_ts is not None else ts[0])
+    starts = np.nonzero(gaps > cfg.idle_timeout_ms)[0].tolist()
+    bounds = sorted({0, *starts, len(ts)})
+    for lo, hi in itertools.pairwise(bounds):
+        if lo in starts:
+            state = SymbolState(high_water=state.high_water, pending=state.pending)
+        state = _compute_series(_take(ticks, slice(lo, hi)), state, cfg, out)
+    return state
+
+
+def _compute_series(ticks: Columns, state: SymbolState, cfg: KernelConfig, out: _Output) -> SymbolState:
+    price = ticks[PRICE].astype(np.float64)
+    volume = ticks[VOLUME].astype(np.int64)
+    ind, history = indicators.rolling_indicators(price, volume, ticks[BID], ticks[ASK], state.history)
+    cols = risk.risk_columns(price, volume, ind, cfg.strategy)
+    actionable = cols[ACTIONABLE]
+    action = np.where(actionable, cols[TRADING_SIGNAL], risk.HOLD)
+    if cfg.emission == "every":
+        emit = actionable
+    else:  # on_change: emit when the actionable action changes into BUY or SELL
+        emit = actionable & (action != np.concatenate([[state.last_action], action[:-1]]))
+    if emit.any():
+        out.add_signals(_take(ticks, emit), {k: v[emit] for k, v in ind.items()},
+                        {k: v[emit] for k, v in cols.items()}, cfg.strategy.version)
+    recent = (*state.recent, *_keys(ticks))[-indicators.HISTORY:]
+    return SymbolState(history=history, last_ts=int(ticks[TS_MS][-1]), high_water=state.high_water,
+                       recent=recent, last_action=str(action[-1]), pending=state.pending)
+
+
+class _Output:
+    """Collects one call's output rows column-wise; builds a single pandas frame at the end."""
+
+    _COUNT_TEMPLATE: pd.DataFrame | None = None
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        self.parts: list[dict[str, np.ndarray]] = []
+
+    def add_rejects(self, ticks: Columns, reason) -> None:
+        n = _length(ticks)
+        raw = ticks[RAW].astype(object) if RAW in ticks else np.full(n, None, dtype=object)
+        missing = pd.isna(raw)
+        if missing.any():  # rejected after parsing (late, duplicate, out of order): the fields as JSON
+            sub = _take(ticks, missing)
+            raw[missing] = [
+                json.dumps({"symbol": self.symbol, "timestamp": int(t), "price": float(p), "volume": int(v),
+                            "bid": float(b), "ask": float(a), "exchange": e}, separators=(",", ":"))
+                for t, p, v, b, a, e in zip(sub[TS_MS], sub[PRICE], sub[VOLUME], sub[BID], sub[ASK],
+                                            sub[EXCHANGE], strict=True)
+            ]
+        self.parts.append({
+            KIND: np.full(n, KIND_REJECT, dtype=object),
+            REASON: np.full(n, reason, dtype=object) if isinstance(reason, str) else reason.astype(object),
+            RAW: raw,
+            SYMBOL: ticks[SYMBOL] if SYMBOL in ticks else np.full(n, self.symbol, dtype=object),
+            TOPIC: ticks[TOPIC], PARTITION: ticks[PARTITION], OFFSET: ticks[OFFSET],
+        })
+
+    def add_signals(self, ticks: Columns, ind: dict, cols: dict, version: str) -> None:
+        ts = ticks[TS_MS].astype(np.int64)
+        price = ticks[PRICE].astype(np.float64)
+        volume = ticks[VOLUME].astype(np.int64)
+        exchange = ticks[EXCHANGE]
+        n = len(ts)
+        ids = [signal_id(self.symbol, t, e, p, v, version)
+               for t, e, p, v in zip(ts.tolist(), exchange.tolist(), price.tolist(), volume.tolist(), strict=True)]
+        self.parts.append({
+            KIND: np.full(n, KIND_SIGNAL, dtype=object), SIGNAL_ID: np.array(ids, dtype=object),
+            SYMBOL: np.full(n, self.symbol, dtype=object), ACTION: cols[TRADING_SIGNAL], PRICE: price,
+            CONFIDENCE: cols[CONFIDENCE], RISK_SCORE: cols[RISK_SCORE], "volatility": ind[VOLATILITY_20],
+            "momentum": cols[MOMENTUM].astype(np.int32), TS_MS: ts, POSITION_SIZE: cols[POSITION_SIZE],
+            VOLUME: volume, BID: ticks[BID].astype(np.float64), ASK: ticks[ASK].astype(np.float64),
+            EXCHANGE: exchange, **{c: ind[c] for c in INDICATOR_COLUMNS},
+            VOLATILITY_REGIME: cols[VOLATILITY_REGIME], LIQUIDITY: cols[LIQUIDITY],
+            STRATEGY_VERSION: np.full(n, version, dtype=object),
+            TOPIC: ticks[TOPIC], PARTITION: ticks[PARTITION], OFFSET: ticks[OFFSET],
+        })
+
+    def frame(self, processed: int) -> pd.DataFrame:
+        """The output rows, closed by one ``count`` row carrying how many ticks were processed.
+        Event time is ``ts_ms`` here; the stream and backtest edges turn it into a timestamp."""
+        if not self.parts:  # the common case for a quiet symbol: copy a one-row template (~50 us)
+            if _Output._COUNT_TEMPLATE is None:
+                _Output._COUNT_TEMPLATE = pd.DataFrame([[None] * len(OUTPUT_COLUMNS)], columns=list(OUTPUT_COLUMNS))
+            frame = _Output._COUNT_TEMPLATE.copy()
+            frame.iat[0, 0] = KIND_COUNT
+            frame.iat[0, _SYMBOL_POS] = self.symbol
+            frame.iat[0, _PROCESSED_POS] = processed
+            return frame
+        data = {}
+        for col in OUTPUT_COLUMNS:
+            pieces = [p[col] if col in p else np.full(len(p[KIND]), None, dtype=object) for p in self.parts]
+            pieces.append(np.array([KIND_COUNT if col == KIND else self.symbol if col == SYMBOL
+                                    else processed if col == PROCESSED else None], dtype=object))
+            data[col] = np.concatenate(pieces)
+        return pd.DataFrame(data, copy=False)
+
+
+_SYMBOL_POS = OUTPUT_COLUMNS.index(SYMBOL)
+_PROCESSED_POS = OUTPUT_COLUMNS.index(PROCESSED)

@@ -1,0 +1,66 @@
+"""The SparkSession at the edge: local jars, Delta, RocksDB state store, UTC, quiet logs.
+
+On EMR spark-submit already configured master, jars and cluster settings; this only adds what the
+job itself needs and leaves spark-submit's choices alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from marketsignals.settings import SparkSettings
+
+REQUIRED_JARS = ("spark-sql-kafka-0-10_2.13-", "spark-token-provider-kafka-0-10_2.13-", "kafka-clients-",
+                 "commons-pool2-", "delta-spark_2.13-", "delta-storage-")
+
+BASE_CONF: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    # Arrow batches for the pandas state handler: bigger batches, fewer Python round trips.
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "20000",
+    "spark.sql.streaming.metricsEnabled": "true",
+    # Secrets never reach the UI, event logs or metrics (sasl.jaas.config carries a password).
+    "spark.redaction.regex": "(?i)secret|password|token|access[.]key|jaas|credential",
+}
+
+
+class MissingJarsError(RuntimeError):
+    pass
+
+
+def local_jars(jars_dir: str) -> list[str]:
+    """The connector and Delta jars from ``make jars``; a clear error if any is missing."""
+    folder = Path(jars_dir)
+    jars = sorted(str(p.resolve()) for p in folder.glob("*.jar")) if folder.is_dir() else []
+    missing = [prefix for prefix in REQUIRED_JARS if not any(Path(j).name.startswith(prefix) for j in jars)]
+    if missing:
+        raise MissingJarsError(f"Spark jars missing in {folder} ({', '.join(m.rstrip('-') for m in missing)}): "
+                               "run `make jars`")
+    return jars
+
+
+def build_session(spark: SparkSettings, extra_conf: dict[str, str] | None = None) -> SparkSession:
+    """Get or create the session described by ``spark`` (+ ``extra_conf``)."""
+    builder = SparkSession.builder.appName(spark.app_name)
+    if spark.master:
+        builder = builder.master(spark.master)
+    conf = dict(BASE_CONF)
+    conf["spark.sql.shuffle.partitions"] = str(spark.shuffle_partitions)
+    if spark.master and spark.master.startswith("local"):
+        # Python workers run the interpreter that runs the driver (the project's venv); PySpark
+        # reads PYSPARK_PYTHON when the SparkContext starts.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if spark.jars_dir:
+        conf["spark.jars"] = ",".join(local_jars(spark.jars_dir))
+    conf.update(spark.conf)
+    conf.update(extra_conf or {})
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(spark.log_level)
+    return session

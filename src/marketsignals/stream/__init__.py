@@ -1,0 +1,1 @@
+"""The streaming signals job: Kafka -> validated ticks -> stateful per-symbol kernel -> sinks."""

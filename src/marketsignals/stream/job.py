@@ -1,0 +1,136 @@
+"""Build, start and run the streaming query (SPEC §1-4).
+
+    raw Kafka -> parse + validate (stateless) -> watermark on valid ticks' event time
+      -> groupBy(symbol).applyInPandasWithState(kernel) -> foreachBatch(Kafka, dead letters, audit)
+
+Invalid ticks travel through the stateful operator to their symbol's group (or ``""``) and come out
+as reject rows, so one query and one checkpoint carry everything; their event time is null, so a
+far-future or malformed stamp never moves the watermark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from collections.abc import Sequence
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery
+from pyspark.sql.streaming.state import GroupStateTimeout
+
+from marketsignals import kernel
+from marketsignals.kernel import KernelConfig
+from marketsignals.schema import (
+    ASK,
+    BID,
+    EVENT_TIME,
+    EXCHANGE,
+    OFFSET,
+    PARTITION,
+    PRICE,
+    RAW,
+    REASON,
+    SYMBOL,
+    TOPIC,
+    TS_MS,
+    VOLUME,
+)
+from marketsignals.settings import Settings, load_settings
+from marketsignals.stream import state
+from marketsignals.stream.metrics import MetricsListener
+from marketsignals.stream.sinks import SignalSink
+from marketsignals.stream.source import read_ticks
+from marketsignals.validation import parse_ticks, with_reject_reason
+
+# Spark's EventTimeWatermark.delayKey: the column metadata that marks an event-time column.
+WATERMARK_DELAY_KEY = "spark.watermarkDelayMs"
+
+
+def kernel_config(settings: Settings) -> KernelConfig:
+    s = settings.stream
+    return KernelConfig(strategy=settings.strategy, ordering=s.ordering, emission=s.emission,
+                        watermark_delay_ms=s.watermark_delay_ms, idle_timeout_ms=s.state_idle_timeout_ms)
+
+
+def validated_ticks(raw: DataFrame, settings: Settings) -> DataFrame:
+    """Kafka rows -> the columns the kernel needs; rejects keep their raw value and reason."""
+    now_ms = F.unix_millis(F.current_timestamp())
+    ticks = with_reject_reason(parse_ticks(raw), now_ms, settings.stream.max_future_skew_ms)
+    valid = F.col(REASON).isNull()
+    return ticks.select(
+        F.coalesce(F.col(SYMBOL), F.lit("")).alias(SYMBOL),
+        F.when(valid, F.col(EVENT_TIME)).alias(EVENT_TIME),
+        TS_MS, PRICE, VOLUME, BID, ASK, EXCHANGE, TOPIC, PARTITION, OFFSET, REASON,
+        F.when(~valid, F.col("value").cast("string")).alias(RAW),
+    )
+
+
+def signal_stream(raw: DataFrame, settings: Settings) -> DataFrame:
+    """The kernel's output rows (signals, rejects, counts) for a raw Kafka stream."""
+    # Spark computes the watermark from the valid ticks' event time, and would also silently drop
+    # input rows behind it before the stateful operator -- but SPEC §1 wants late ticks
+    # dead-lettered. So the operator gets a null-valued event-time column that still carries the
+    # watermark marker (Spark requires one for EventTimeTimeout and GroupState's watermark): no row
+    # is ever "behind" it, and the kernel judges lateness itself from getCurrentWatermarkMs().
+    delay_ms = settings.stream.watermark_delay_ms
+    ticks = validated_ticks(raw, settings).withWatermark(EVENT_TIME, settings.stream.watermark_delay)
+    marker = F.lit(None).cast("timestamp").alias(EVENT_TIME, metadata={WATERMARK_DELAY_KEY: delay_ms})
+    return (
+        ticks.withColumn(EVENT_TIME, marker)
+        .groupBy(SYMBOL)
+        .applyInPandasWithState(state.make_handler(kernel_config(settings)), kernel.OUTPUT_SCHEMA,
+                                state.STATE_SCHEMA, "append", GroupStateTimeout.EventTimeTimeout)
+    )
+
+
+def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListener | None = None) -> StreamingQuery:
+    """Start the query; returns at once. The caller awaits or stops it."""
+    s = settings.stream
+    listener = listener or MetricsListener(s.metrics_path)
+    spark.streams.addListener(listener)
+    sink = SignalSink(settings, on_counts=listener.record_counts)
+    writer = (signal_stream(read_ticks(spark, settings.kafka), settings).writeStream
+              .queryName(s.query_name).option("checkpointLocation", s.checkpoint).foreachBatch(sink))
+    if s.trigger == "availableNow":
+        writer = writer.trigger(availableNow=True)
+    elif s.trigger == "once":
+        writer = writer.trigger(once=True)
+    else:
+        writer = writer.trigger(processingTime=s.trigger.partition("=")[2])
+    return writer.start()
+
+
+def run(spark: SparkSession, settings: Settings) -> int:
+    """Start the query and wait; SIGTERM or Ctrl-C stops it cleanly (the batch in flight finishes
+    or is replayed from the checkpoint next time)."""
+    query = start_stream(spark, settings)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while query.isActive and not stop.is_set():
+            query.awaitTermination(1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if query.isActive:
+            print("marketsignals: stopping the streaming query", flush=True)
+            query.stop()
+    exc = query.exception()
+    if exc is not None:
+        raise RuntimeError(f"the streaming query failed: {exc.desc}") from None
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """spark-submit entry point (jobs/stream_signals.py)."""
+    parser = argparse.ArgumentParser(prog="stream_signals", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="emr")
+    parser.add_argument("--conf", dest="conf_file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    settings = load_settings(args.profile, args.overrides, conf_file=args.conf_file)
+    from marketsignals.session import build_session
+
+    return run(build_session(settings.spark), settings)

@@ -1,0 +1,85 @@
+"""Per-micro-batch metrics as JSON lines, from a StreamingQueryListener.
+
+Each line joins Spark's progress (input rows, duration, watermark, state rows, Kafka lag) with the
+sink's counts for the same batch (processed, signals, rejects by reason). Lines go to a file
+(stream.metrics_path) or, when none is set (EMR), to stdout, i.e. the driver log.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql.streaming import StreamingQueryListener
+
+
+def progress_metrics(progress: dict[str, Any]) -> dict[str, Any]:
+    """The fields we report from a StreamingQueryProgress (as its JSON dict)."""
+    state_ops = progress.get("stateOperators") or []
+    lag: dict[str, Any] = {}
+    for source in progress.get("sources") or []:
+        for key, value in (source.get("metrics") or {}).items():
+            if "OffsetsBehindLatest" in key:
+                lag[key] = float(value)
+    return {
+        "batch_id": progress.get("batchId"),
+        "timestamp": progress.get("timestamp"),
+        "input_rows": progress.get("numInputRows", 0),
+        "input_rows_per_s": progress.get("inputRowsPerSecond"),
+        "processed_rows_per_s": progress.get("processedRowsPerSecond"),
+        "batch_duration_ms": (progress.get("durationMs") or {}).get("triggerExecution"),
+        "duration_ms": progress.get("durationMs") or {},
+        "watermark": (progress.get("eventTime") or {}).get("watermark"),
+        "state_rows": sum(op.get("numRowsTotal", 0) for op in state_ops),
+        "state_memory_bytes": sum(op.get("memoryUsedBytes", 0) for op in state_ops),
+        "kafka_lag": lag,
+    }
+
+
+class MetricsListener(StreamingQueryListener):
+    """Writes one JSON line per micro-batch; ``record_counts`` is the sink's callback."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = Path(path) if path else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._counts: dict[int, dict] = {}
+        self._lock = threading.Lock()
+        self.last: dict[str, Any] | None = None
+        self.terminated = threading.Event()  # set once the listener bus delivered the end
+
+    def record_counts(self, batch_id: int, counts: dict) -> None:
+        with self._lock:
+            self._counts[batch_id] = counts
+
+    def onQueryStarted(self, event) -> None:
+        self._write({"event": "started", "id": str(event.id), "run_id": str(event.runId), "name": event.name})
+
+    def onQueryProgress(self, event) -> None:
+        progress = json.loads(event.progress.json)
+        line = {"event": "progress", **progress_metrics(progress)}
+        with self._lock:
+            line.update(self._counts.pop(line["batch_id"], {}))
+            # forget counts of batches whose progress never came (e.g. no-data batches)
+            for old in [b for b in self._counts if b < (line["batch_id"] or 0) - 100]:
+                self._counts.pop(old)
+        self.last = line
+        self._write(line)
+
+    def onQueryIdle(self, event) -> None:
+        pass
+
+    def onQueryTerminated(self, event) -> None:
+        self._write({"event": "terminated", "id": str(event.id), "exception": event.exception})
+        self.terminated.set()
+
+    def _write(self, line: dict) -> None:
+        text = json.dumps(line, default=str)
+        if self.path:
+            with open(self.path, "a") as fh:
+                fh.write(text + "\n")
+        else:
+            print(f"marketsignals-metrics {text}", file=sys.stdout, flush=True)

@@ -1,0 +1,28 @@
+"""The Kafka source of ticks and the Kafka options shared by the source and the sinks."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+
+from marketsignals.settings import KafkaSettings
+
+
+def client_options(kafka: KafkaSettings) -> dict[str, str]:
+    """``kafka.*`` options for Spark's Kafka source and sink: brokers plus every client option
+    from settings (security, SASL, TLS). Values can be secrets: never log this dict."""
+    opts = {"kafka.bootstrap.servers": kafka.bootstrap_servers}
+    opts.update({f"kafka.{k}": str(v) for k, v in kafka.options.items()})
+    return opts
+
+
+def read_ticks(spark: SparkSession, kafka: KafkaSettings) -> DataFrame:
+    """The raw tick stream: Kafka key, value, topic, partition, offset, timestamp."""
+    reader = spark.readStream.format("kafka").options(**client_options(kafka))
+    if kafka.topic_pattern:
+        reader = reader.option("subscribePattern", kafka.topic_pattern)
+    else:
+        reader = reader.option("subscribe", ",".join(kafka.tick_topics))
+    reader = reader.option("startingOffsets", kafka.starting_offsets).option("failOnDataLoss", "true")
+    if kafka.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", str(kafka.max_offsets_per_trigger))
+    return reader.load()

@@ -1,0 +1,129 @@
+"""Parse and validate raw tick JSON (SPEC §1) as pure Spark Column logic.
+
+Every field is parsed as text first, so a missing field, a wrong JSON type and an out-of-range value
+get different reasons. The first rule a tick breaks names its ``reason``; a valid tick has a null
+reason. Nothing here reads a clock: "now" (for the future-skew rule) is a Column the caller passes.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from marketsignals.schema import (
+    ASK,
+    BID,
+    CURRENCY,
+    EVENT_TIME,
+    EXCHANGE,
+    PRICE,
+    RAW_TICK_SCHEMA,
+    REASON,
+    SYMBOL,
+    TICK_FIELDS,
+    TIMESTAMP,
+    TS_MS,
+    VOLUME,
+    Reason,
+)
+
+_NUMBER = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$"
+_SPECIAL_DOUBLE = r"^(NaN|-?Infinity|[+-]?INF)$"
+_INTEGER = r"^-?[0-9]+$"
+_SYMBOL = r"^[A-Z0-9._:-]{1,32}$"
+_CURRENCY = r"^[A-Za-z]{3}$"
+# ISO-8601 with an explicit zone (Z or +hh:mm / +hhmm); the date-time part is checked by the cast.
+_ISO_WITH_ZONE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$"
+
+PARSED = "_tick"
+
+
+def _text(name: str) -> Column:
+    return F.col(f"{PARSED}.{name}")
+
+
+def _as_double(name: str) -> Column:
+    text = _text(name)
+    return F.when(text.rlike(_NUMBER) | text.rlike(_SPECIAL_DOUBLE), text.try_cast("double"))
+
+
+def parse_ticks(df: DataFrame, value_col: str = "value") -> DataFrame:
+    """Add the tick's typed columns (symbol upper-cased, ``ts_ms``, ``event_time``, price, volume,
+    bid, ask, exchange, currency) parsed from the JSON text in ``value_col``, plus ``_tick`` (the
+    fields as text) for :func:`with_reject_reason`. Unknown extra JSON fields are ignored."""
+    ts_text = _text(TIMESTAMP)
+    iso_ms = F.unix_millis(F.try_to_timestamp(F.regexp_replace(ts_text, " ", "T")))
+    ts_ms = F.when(ts_text.rlike(_INTEGER), ts_text.try_cast("long")).when(
+        ts_text.rlike(_ISO_WITH_ZONE), iso_ms
+    )
+    return (
+        df.withColumn(PARSED, F.from_json(F.col(value_col).cast("string"), RAW_TICK_SCHEMA))
+        .withColumn(SYMBOL, F.upper(F.trim(_text(SYMBOL))))
+        .withColumn(TS_MS, ts_ms)
+        .withColumn(EVENT_TIME, F.timestamp_millis(F.col(TS_MS)))
+        .withColumn(PRICE, _as_double(PRICE))
+        .withColumn(VOLUME, F.when(_text(VOLUME).rlike(_INTEGER), _text(VOLUME).try_cast("long")))
+        .withColumn(BID, _as_double(BID))
+        .withColumn(ASK, _as_double(ASK))
+        .withColumn(EXCHANGE, F.trim(_text(EXCHANGE)))
+        .withColumn(CURRENCY, F.upper(_text(CURRENCY)))
+    )
+
+
+def _finite_positive(name: str) -> Column:
+    c = F.col(name)
+    return (c > 0) & ~F.isnan(c) & (c < float("inf"))
+
+
+def reject_reason(now_ms: Column, max_future_skew_ms: int, value_col: str = "value") -> Column:
+    """The first SPEC §1 rule the parsed tick breaks (a :class:`Reason`), or null if it is valid.
+
+    ``now_ms`` is processing time in epoch milliseconds: a tick stamped more than
+    ``max_future_skew_ms`` ahead of it is rejected before it can move the watermark.
+    """
+    fields_all_null = F.coalesce(*[_text(f) for f in TICK_FIELDS]).isNull()
+    # from_json gives all-null fields both for non-JSON and for "{}": a second, lazily evaluated
+    # parse (CASE WHEN only evaluates it for those rows) tells them apart.
+    is_object = F.from_json(F.col(value_col).cast("string"), "map<string,string>").isNotNull()
+    missing = F.coalesce(*[F.when(_text(f).isNull(), F.lit(True)) for f in TICK_FIELDS], F.lit(False))
+    wrong_type = (
+        (_text(PRICE).isNotNull() & F.col(PRICE).isNull())
+        | (_text(BID).isNotNull() & F.col(BID).isNull())
+        | (_text(ASK).isNotNull() & F.col(ASK).isNull())
+        | (_text(VOLUME).isNotNull() & F.col(VOLUME).isNull())
+    )
+    symbol, currency = F.col(SYMBOL), F.col(CURRENCY)
+    return (
+        F.when(F.col(PARSED).isNull(), F.lit(Reason.NOT_JSON))
+        .when(fields_all_null & ~is_object, F.lit(Reason.NOT_JSON))
+        .when(missing, F.lit(Reason.MISSING_FIELD))
+        .when(wrong_type, F.lit(Reason.WRONG_TYPE))
+        .when(~symbol.rlike(_SYMBOL), F.lit(Reason.INVALID_SYMBOL))
+        .when(F.col(TS_MS).isNull(), F.lit(Reason.INVALID_TIMESTAMP))
+        .when(F.col(TS_MS) > now_ms + F.lit(max_future_skew_ms), F.lit(Reason.FUTURE_TIMESTAMP))
+        .when(~_finite_positive(PRICE), F.lit(Reason.INVALID_PRICE))
+        .when(F.col(VOLUME) < 0, F.lit(Reason.INVALID_VOLUME))
+        .when(~_finite_positive(BID) | ~_finite_positive(ASK), F.lit(Reason.INVALID_QUOTE))
+        .when(F.col(BID) > F.col(ASK), F.lit(Reason.CROSSED_QUOTE))
+        .when(F.length(F.col(EXCHANGE)) == 0, F.lit(Reason.INVALID_EXCHANGE))
+        .when(~currency.rlike(_CURRENCY), F.lit(Reason.INVALID_CURRENCY))
+    )
+
+
+def with_reject_reason(df: DataFrame, now_ms: Column, max_future_skew_ms: int,
+                       value_col: str = "value") -> DataFrame:
+    """:func:`parse_ticks` output plus a ``reason`` column (null for a valid tick); drops ``_tick``."""
+    return df.withColumn(REASON, reject_reason(now_ms, max_future_skew_ms, value_col)).drop(PARSED)
+
+
+def validate_typed_ticks(df: DataFrame, now_ms: Column, max_future_skew_ms: int) -> DataFrame:
+    """The same rules for ticks that are already columns (a parquet/CSV history for the backtest):
+    the columns are rendered to JSON text and go through exactly the live path, so live and
+    backtest cannot disagree on what a valid tick is."""
+    ts = F.col(TIMESTAMP)
+    if dict(df.dtypes).get(TIMESTAMP) in ("timestamp", "timestamp_ntz"):
+        ts = F.date_format(ts, "yyyy-MM-dd'T'HH:mm:ss.SSSXXX")
+    fields = [(ts if f == TIMESTAMP else F.col(f)).alias(f) for f in TICK_FIELDS if f in df.columns]
+    others = [c for c in df.columns if c not in TICK_FIELDS]
+    as_json = F.to_json(F.struct(*fields)).alias("value")
+    return with_reject_reason(parse_ticks(df.select(*others, as_json)), now_ms, max_future_skew_ms)

@@ -1,0 +1,63 @@
+"""Shared fixtures: one SparkSession and one real Kafka broker per test session.
+
+The broker runs on its own ports and data folder (never the developer's `make run` broker) and is
+stopped at the end of the session even when tests fail.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from marketsignals.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return load_settings("local", [
+        "spark.shuffle_partitions=2",
+        "spark.conf.spark.ui.showConsoleProgress=false",
+        "spark.conf.spark.sql.execution.arrow.maxRecordsPerBatch=5000",
+        "spark.log_level=ERROR",
+    ], env={})
+
+
+@pytest.fixture(scope="session")
+def spark(base_settings):
+    from marketsignals.session import build_session
+
+    session = build_session(base_settings.spark)
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(base_settings, tmp_path_factory):
+    """A real single-node KRaft broker for the whole session (see tests/support.py: Broker)."""
+    from marketsignals.local_broker import LocalBroker
+    from support import Broker
+
+    data_dir = ROOT / ".local" / "test-kafka"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    port, cport = _free_port(), _free_port()
+    settings = base_settings.with_overrides([
+        f"broker.port={port}", f"broker.controller_port={cport}", f"broker.data_dir={data_dir}",
+        f"kafka.bootstrap_servers=127.0.0.1:{port}", "broker.heap=384m",
+    ])
+    broker = LocalBroker(settings.broker, settings.kafka, jars=ROOT / ".jars" / "kafka")
+    broker.up(create_topics=False, log=lambda *_: None)
+    try:
+        yield Broker(local=broker, settings=settings, root=tmp_path_factory.mktemp("streams"))
+    finally:
+        broker.down(log=lambda *_: None)

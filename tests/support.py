@@ -1,0 +1,113 @@
+"""Test helpers around the real broker and streaming job: isolated topics, produce, consume, run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from marketsignals import feed, kafka_client
+from marketsignals.local_broker import LocalBroker
+from marketsignals.settings import Settings
+
+_ids = itertools.count()
+
+
+@dataclass
+class Broker:
+    local: LocalBroker
+    settings: Settings
+    root: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return self.settings.kafka.bootstrap_servers
+
+    def isolated(self, name: str, *overrides: str, partitions: int = 2) -> Settings:
+        """Settings with fresh topics, checkpoint, audit table and metrics file for one test."""
+        n = next(_ids)
+        prefix = f"{name}-{n}"
+        base = self.root / prefix
+        topics = [f"{prefix}-market", f"{prefix}-level2", f"{prefix}-trade"]
+        settings = self.settings.with_overrides([
+            f"kafka.topics=[{', '.join(topics)}]",
+            f"kafka.signals_topic={prefix}-signals",
+            f"kafka.dead_letter_topic={prefix}-dead-letter",
+            f"kafka.partitions={partitions}",
+            "kafka.starting_offsets=earliest",
+            f"stream.checkpoint={base}/checkpoint",
+            f"stream.audit_table={base}/audit",
+            f"stream.metrics_path={base}/metrics.jsonl",
+            "stream.trigger=availableNow",
+            *overrides,
+        ])
+        LocalBroker(settings.broker, settings.kafka, jars=self.local.jars).create_topics(
+            log=lambda *_: None, topics=settings.kafka.all_topics)
+        return settings
+
+    def produce(self, settings: Settings, opts: feed.FeedOptions) -> feed.FeedStats:
+        producer = kafka_client.producer(settings.kafka)
+        try:
+            return feed.run_to_kafka(feed.generate(opts), producer, rate=None, progress=False)
+        finally:
+            producer.close()
+
+    def produce_messages(self, settings: Settings, messages) -> int:
+        producer = kafka_client.producer(settings.kafka)
+        n = 0
+        try:
+            for msg in messages:
+                producer.send(msg.topic, key=msg.key, value=msg.value)
+                n += 1
+            producer.flush()
+        finally:
+            producer.close()
+        return n
+
+    def consume(self, settings: Settings, topic: str, timeout_s: float = 60.0) -> list[tuple[bytes, bytes]]:
+        """Every message of ``topic`` up to its end offsets when called (waits for them)."""
+        ends = kafka_client.end_offsets(settings.kafka, [topic])[topic]
+        wanted = sum(ends.values())
+        out: list[tuple[bytes, bytes]] = []
+        if wanted == 0:
+            return out
+        consumer = kafka_client.consumer(settings.kafka, topic, consumer_timeout_ms=2000)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while len(out) < wanted and time.monotonic() < deadline:
+                for msg in consumer:
+                    out.append((msg.key, msg.value))
+                    if len(out) >= wanted:
+                        break
+        finally:
+            consumer.close()
+        assert len(out) == wanted, f"read {len(out)} of {wanted} messages from {topic}"
+        return out
+
+    def consume_json(self, settings: Settings, topic: str) -> list[dict]:
+        return [json.loads(v) for _, v in self.consume(settings, topic)]
+
+
+def run_available_now(spark, settings: Settings) -> list[dict]:
+    """Run the streaming job with availableNow to the end; return its metrics lines."""
+    from marketsignals.stream.job import start_stream
+    from marketsignals.stream.metrics import MetricsListener
+
+    listener = MetricsListener(settings.stream.metrics_path)
+    query = start_stream(spark, settings, listener=listener)
+    try:
+        query.awaitTermination()
+        # the listener bus is asynchronous: wait until it delivered the last progress and the end
+        listener.terminated.wait(timeout=60)
+    finally:
+        spark.streams.removeListener(listener)
+    if query.exception() is not None:
+        raise AssertionError(f"streaming query failed: {query.exception()}")
+    path = Path(settings.stream.metrics_path)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def progress_lines(metrics: list[dict]) -> list[dict]:
+    return [m for m in metrics if m.get("event") == "progress"]
