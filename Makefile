@@ -31,6 +31,7 @@ jars: .jars/.fetched
 	@command -v java >/dev/null || { echo "error: java not found: apt-get install openjdk-17-jdk-headless"; exit 1; }
 	$(MVN) -P connector package
 	$(MVN) -P broker package
+	$(MVN) -P msk-iam package
 	@touch $@
 
 kafka-up: venv jars
@@ -55,6 +56,10 @@ test-integration: venv jars
 lint: venv
 	$(BIN)/ruff check src tests jobs bench
 	@if command -v shellcheck >/dev/null; then shellcheck bootstrap/*.sh .ci/run; else echo "shellcheck not installed (apt-get install shellcheck)"; fi
+
+# dist/: wheel, venv-pack environment, jobs, jars, conf, bootstrap, manifest.json (see README, EMR)
+package: venv jars
+	$(BIN)/python -m marketsignals.emr.package
 
 clean:
 	-$(CLI) kafka down 2>/dev/null

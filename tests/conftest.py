@@ -6,7 +6,6 @@ stopped at the end of the session even when tests fail.
 
 from __future__ import annotations
 
-import shutil
 import socket
 from pathlib import Path
 
@@ -48,8 +47,7 @@ def kafka_broker(base_settings, tmp_path_factory):
     from marketsignals.local_broker import LocalBroker
     from support import Broker
 
-    data_dir = ROOT / ".local" / "test-kafka"
-    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir = tmp_path_factory.mktemp("kafka")  # per session: concurrent sessions never share a broker
     port, cport = _free_port(), _free_port()
     settings = base_settings.with_overrides([
         f"broker.port={port}", f"broker.controller_port={cport}", f"broker.data_dir={data_dir}",

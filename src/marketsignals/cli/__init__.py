@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "kafka": "Run the local single-node Kafka broker (KRaft) from the Maven jars",
     "feed": "Produce synthetic market ticks to Kafka or to a parquet history",
     "stream": "Run the streaming signals job (Kafka ticks -> risk-scored signals)",
+    "emr": "Package, render and run the jobs on Amazon EMR (EC2 steps, Serverless, EKS)",
 }
 
 
