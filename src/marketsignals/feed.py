@@ -369,11 +369,11 @@ def replay_file(path: str | Path, topics: Sequence[str], speed: float) -> Iterat
     if missing:
         raise ValueError(f"{path}: missing tick columns {', '.join(sorted(missing))} (SPEC §1)")
     ts = pd.to_datetime(frame["timestamp"], utc=True, format="mixed")
-    frame = frame.assign(_ts_ms=(ts.astype("int64") // 1_000_000)).sort_values("_ts_ms", kind="stable")
+    frame = frame.assign(event_ms=ts.dt.as_unit("ms").astype("int64")).sort_values("event_ms", kind="stable")
     started = time.monotonic()
     first = None
     for row in frame.itertuples(index=False):
-        ts_ms = int(row._ts_ms)
+        ts_ms = int(row.event_ms)
         first = ts_ms if first is None else first
         if speed > 0:
             ahead = (ts_ms - first) / 1000.0 / speed - (time.monotonic() - started)

@@ -28,7 +28,8 @@ from marketsignals.schema import (
 )
 
 _NUMBER = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$"
-_SPECIAL_DOUBLE = r"^(NaN|-?Infinity|[+-]?INF)$"
+# from_json renders JSON NaN / Infinity / 1e400 into a string field as "NaN" / "Infinity" (with quotes)
+_SPECIAL_DOUBLE = r'^"?(NaN|[+-]?Infinity|[+-]?INF)"?$'
 _INTEGER = r"^-?[0-9]+$"
 _SYMBOL = r"^[A-Z0-9._:-]{1,32}$"
 _CURRENCY = r"^[A-Za-z]{3}$"
@@ -44,7 +45,8 @@ def _text(name: str) -> Column:
 
 def _as_double(name: str) -> Column:
     text = _text(name)
-    return F.when(text.rlike(_NUMBER) | text.rlike(_SPECIAL_DOUBLE), text.try_cast("double"))
+    return F.when(text.rlike(_NUMBER), text.try_cast("double")).when(
+        text.rlike(_SPECIAL_DOUBLE), F.regexp_replace(text, '"', "").try_cast("double"))
 
 
 def parse_ticks(df: DataFrame, value_col: str = "value") -> DataFrame:

@@ -1,0 +1,155 @@
+"""The per-symbol kernel: lateness, duplicates, ordering modes, emission, idle reset, ids."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from marketsignals import kernel
+from marketsignals.kernel import KernelConfig, SymbolState
+from marketsignals.settings import StrategySettings
+
+CFG = KernelConfig(strategy=StrategySettings(), watermark_delay_ms=30_000, idle_timeout_ms=3_600_000)
+T0 = 1_767_312_000_000
+
+
+def ticks(ts, price=None, offsets=None, volume=500_000, exchange="XNAS"):
+    n = len(ts)
+    price = price if price is not None else [100.0 + i for i in range(n)]
+    return pd.DataFrame({
+        "ts_ms": np.array(ts, dtype=np.int64), "exchange": [exchange] * n, "price": np.array(price, float),
+        "volume": np.full(n, volume, dtype=np.int64), "bid": np.array(price) - 0.01, "ask": np.array(price) + 0.01,
+        "topic": ["t"] * n, "partition": np.zeros(n, dtype=np.int32),
+        "offset": np.array(offsets if offsets is not None else range(n), dtype=np.int64),
+    })
+
+
+def run(frame, state=None, cfg=CFG, watermark=0):
+    return kernel.process("AAPL", kernel.columns_of(frame), state or SymbolState(), cfg, watermark)
+
+
+def rejects(result):
+    out = result.output
+    return out[out.kind == "reject"].reason.tolist()
+
+
+def test_in_order_ticks_are_all_processed():
+    r = run(ticks([T0 + i * 1000 for i in range(30)]))
+    assert r.processed == 30 and rejects(r) == []
+    assert r.state.last_ts == T0 + 29_000 and len(r.state.history) == 30
+    r = run(ticks([T0 + 30_000 + i * 1000 for i in range(40)], offsets=range(30, 70)), state=r.state)
+    assert len(r.state.history) == 49  # bounded: what the 50-tick window needs
+
+
+def test_rising_prices_emit_one_buy_on_change_and_many_with_every():
+    frame = ticks([T0 + i * 1000 for i in range(30)])
+    on_change = run(frame).output
+    every = run(frame, cfg=KernelConfig(strategy=StrategySettings(), emission="every")).output
+    assert on_change[on_change.kind == "signal"].action.tolist() == ["BUY"]
+    assert len(every[every.kind == "signal"]) > 10
+    assert set(every[every.kind == "signal"].action) == {"BUY"}
+
+
+def test_exact_duplicates_are_rejected_once_seen_within_and_across_calls():
+    frame = ticks([T0, T0 + 1000, T0 + 1000], price=[10.0, 11.0, 11.0], offsets=[0, 1, 2])
+    r = run(frame)
+    assert rejects(r) == ["duplicate"] and r.processed == 2
+    again = run(ticks([T0 + 1000], price=[11.0], offsets=[3]), state=r.state)
+    assert rejects(again) == ["duplicate"]
+    # same stamp and exchange but another price: not a duplicate
+    other = run(ticks([T0 + 1000], price=[11.5], offsets=[4]), state=r.state)
+    assert rejects(other) == [] and other.processed == 1
+
+
+def test_arrival_mode_rejects_ticks_older_than_the_last_processed_one():
+    first = run(ticks([T0 + 10_000, T0 + 11_000]))
+    older = run(ticks([T0 + 5_000, T0 + 12_000], offsets=[5, 6]), state=first.state)
+    assert rejects(older) == ["out_of_order"] and older.processed == 1
+    # within one call, ticks are sorted first: nothing is out of order
+    sorted_in_call = run(ticks([T0 + 3_000, T0 + 1_000, T0 + 2_000]))
+    assert rejects(sorted_in_call) == [] and sorted_in_call.processed == 3
+
+
+def test_late_ticks_are_rejected_whatever_the_batch_cut():
+    # a tick more than the watermark delay behind its symbol's newest tick at arrival
+    frame = ticks([T0 + 100_000, T0 + 101_000, T0 + 50_000], offsets=[0, 1, 2])
+    whole = run(frame)
+    first = run(frame.iloc[:2])
+    second = run(frame.iloc[2:], state=first.state)
+    assert rejects(whole) == ["late"] and rejects(second) == ["late"]
+    # and a tick behind the stream's watermark
+    assert rejects(run(ticks([T0]), watermark=T0 + 1)) == ["late"]
+
+
+def test_event_time_mode_waits_for_the_watermark_and_orders_shuffled_arrivals():
+    cfg = KernelConfig(strategy=StrategySettings(), ordering="event_time")
+    stamps = [T0 + i * 1000 for i in range(40)]
+    ordered = ticks(stamps)
+    rng = np.random.default_rng(0)
+    order = np.concatenate([lo + rng.permutation(10) for lo in range(0, 40, 10)])  # 10 s blocks < 30 s delay
+    shuffled = ordered.iloc[order].reset_index(drop=True)
+    shuffled["offset"] = np.arange(40)
+    outs = []
+    for frame in (ordered, shuffled):
+        r1 = run(frame.iloc[:25], cfg=cfg, watermark=T0 - 1)
+        assert r1.processed == 0 and r1.state.has_pending  # nothing passed by the watermark yet
+        r2 = run(frame.iloc[25:], state=r1.state, cfg=cfg, watermark=T0 + 9_000)
+        assert r2.processed == 10 and rejects(r2) == []  # the first 10 s block is released, in order
+        r3 = run(frame.iloc[:0], state=r2.state, cfg=cfg, watermark=T0 + 39_000)  # a timer call, no data
+        assert r3.processed == 30 and not r3.state.has_pending
+        out = pd.concat([r1.output, r2.output, r3.output])
+        outs.append(out[out.kind == "signal"].reset_index(drop=True))
+    pd.testing.assert_frame_equal(outs[0].drop(columns=["offset"]), outs[1].drop(columns=["offset"]))
+
+
+def test_a_gap_longer_than_the_idle_timeout_starts_a_new_series():
+    cfg = KernelConfig(strategy=StrategySettings(), idle_timeout_ms=60_000)
+    frame = ticks([T0, T0 + 1000, T0 + 200_000, T0 + 201_000], price=[10.0, 11.0, 50.0, 51.0])
+    whole = run(frame, cfg=cfg)
+    split = run(frame.iloc[:2], cfg=cfg)
+    resumed = run(frame.iloc[2:], state=split.state, cfg=cfg)
+    fresh = run(frame.iloc[2:], cfg=cfg)
+    # the windows hold only the new series, exactly as for a symbol never seen (an evicted state)
+    assert whole.state.history.price.tolist() == resumed.state.history.price.tolist() == [50.0, 51.0]
+    assert np.isnan(whole.state.history.price_change_pct[0])
+    assert fresh.state.history.price_change_pct.tolist()[1:] == resumed.state.history.price_change_pct.tolist()[1:]
+
+
+def test_stateless_rejects_pass_through_with_their_raw_value():
+    frame = ticks([T0]).assign(reason=["crossed_quote"], raw=['{"bad":1}'])
+    r = run(frame)
+    out = r.output
+    assert out[out.kind == "reject"][["reason", "raw"]].values.tolist() == [["crossed_quote", '{"bad":1}']]
+    assert r.processed == 0
+
+
+def test_signal_id_is_deterministic_and_unique_per_tick():
+    a = kernel.signal_id("AAPL", T0, "XNAS", 10.0, 5, "v1")
+    assert a == kernel.signal_id("AAPL", T0, "XNAS", 10.0, 5, "v1")
+    assert len({a, kernel.signal_id("AAPL", T0 + 1, "XNAS", 10.0, 5, "v1"),
+                kernel.signal_id("AAPL", T0, "XNYS", 10.0, 5, "v1"), kernel.signal_id("MSFT", T0, "XNAS", 10.0, 5, "v1"),
+                kernel.signal_id("AAPL", T0, "XNAS", 10.0, 5, "v2")}) == 5
+
+
+def test_every_call_ends_with_a_count_row():
+    out = run(ticks([T0, T0 + 1000])).output
+    assert out.kind.tolist()[-1] == "count" and out.processed.tolist()[-1] == 2
+    assert list(out.columns) == list(kernel.OUTPUT_COLUMNS)
+
+
+@pytest.mark.parametrize("cut", [1, 7, 33])
+def test_any_cut_gives_the_same_signals(cut):
+    rng = np.random.default_rng(cut)
+    price = 100 * np.exp(np.cumsum(rng.normal(0, 0.004, 120)))
+    frame = ticks([T0 + i * 500 for i in range(120)], price=price)
+    frame["volume"] = rng.integers(50_000, 3_000_000, 120)
+    whole = run(frame).output
+    state, parts = SymbolState(), []
+    for lo in range(0, 120, cut):
+        r = run(frame.iloc[lo:lo + cut], state=state)
+        state = r.state
+        parts.append(r.output)
+    pieces = pd.concat(parts)
+    a = whole[whole.kind == "signal"].reset_index(drop=True)
+    b = pieces[pieces.kind == "signal"].reset_index(drop=True)
+    assert len(a) > 0
+    pd.testing.assert_frame_equal(a, b)

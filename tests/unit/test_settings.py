@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import pytest
+
+from marketsignals.settings import SettingsError, duration_ms, load_settings
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def test_local_profile_loads_spec_defaults():
+    s = load_settings("local", env={})
+    assert s.kafka.topics == ["market-data", "level2-data", "trade-data"]
+    assert s.stream.ordering == "arrival" and s.stream.emission == "on_change"
+    assert s.stream.watermark_delay_ms == 30_000 and s.stream.max_future_skew_ms == 5_000
+    assert s.strategy.signal_max_risk == 2.0 and s.strategy.liquidity_penalty_low == 3.0
+
+
+def test_emr_profile_loads():
+    s = load_settings("emr", env={})
+    assert s.spark.master is None
+    assert s.stream.checkpoint.startswith("s3://")
+
+
+def test_environment_overrides_file_and_flags_override_environment():
+    env = {"MARKETSIGNALS__STREAM__ORDERING": "event_time", "MARKETSIGNALS__KAFKA__PARTITIONS": "6"}
+    s = load_settings("local", env=env)
+    assert s.stream.ordering == "event_time" and s.kafka.partitions == 6
+    s = load_settings("local", ["stream.ordering=arrival", "kafka.topics=[a, b]"], env=env)
+    assert s.stream.ordering == "arrival" and s.kafka.topics == ["a", "b"]
+
+
+def test_dict_valued_settings_take_dotted_keys():
+    s = load_settings("local", ["kafka.options.security.protocol=SASL_SSL",
+                                "spark.conf.spark.sql.shuffle.partitions=8"], env={})
+    assert s.kafka.options == {"security.protocol": "SASL_SSL"}
+    assert s.spark.conf["spark.sql.shuffle.partitions"] == "8"
+
+
+@pytest.mark.parametrize(("override", "names"), [
+    ("stream.ordering=sideways", ["stream.ordering", "arrival", "event_time"]),
+    ("kafka.partitions=zero", ["kafka.partitions", "zero"]),
+    ("stream.watermark_delay=soon", ["stream.watermark_delay", "30 seconds"]),
+    ("stream.trigger=continuous", ["stream.trigger", "availableNow"]),
+    ("broker.port=70000", ["broker.port"]),
+    ("strategy.no_such_key=1", ["strategy.no_such_key"]),
+])
+def test_a_bad_value_names_the_key_and_the_expected_form(override, names):
+    with pytest.raises(SettingsError) as err:
+        load_settings("local", [override], env={})
+    for name in names:
+        assert name in str(err.value)
+
+
+def test_bad_environment_variable_is_named():
+    with pytest.raises(SettingsError, match="MARKETSIGNALS__STREAM__EMISSION|stream.emission"):
+        load_settings("local", env={"MARKETSIGNALS__STREAM__EMISSION": "sometimes"})
+
+
+def test_missing_profile_says_what_to_pass():
+    with pytest.raises(SettingsError, match="--profile"):
+        load_settings("nope", env={})
+
+
+def test_set_without_equals_is_refused():
+    with pytest.raises(SettingsError, match="section.key=value"):
+        load_settings("local", ["stream.ordering"], env={})
+
+
+@pytest.mark.parametrize(("text", "ms"), [("30 seconds", 30_000), ("500ms", 500), ("1h", 3_600_000),
+                                          ("2 minutes", 120_000), (250, 250)])
+def test_durations(text, ms):
+    assert duration_ms(text) == ms
