@@ -28,7 +28,7 @@ def test_good_ticks_follow_the_spec_schema():
         assert set(tick) == {"symbol", "timestamp", "price", "volume", "bid", "ask", "exchange", "currency"}
         assert msg.key.decode() == tick["symbol"]
         assert tick["price"] > 0 and tick["volume"] >= 0 and 0 < tick["bid"] <= tick["ask"]
-        assert tick["exchange"] in feed.VENUES and tick["currency"] == feed.VENUES[tick["exchange"]] or \
+        assert (tick["exchange"] in feed.VENUES and tick["currency"] == feed.VENUES[tick["exchange"]]) or \
             tick["exchange"] in feed.US_VENUES
         assert msg.topic == feed.topic_of(tick["symbol"], feed.FeedOptions().topics)
 

@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "kafka": "Run the local single-node Kafka broker (KRaft) from the Maven jars",
     "feed": "Produce synthetic market ticks to Kafka or to a parquet history",
     "stream": "Run the streaming signals job (Kafka ticks -> risk-scored signals)",
+    "backtest": "Backtest the strategy on historical ticks (same logic as live)",
+    "live": "Broker + feed + streaming job + live console view (what `make run` runs)",
     "emr": "Package, render and run the jobs on Amazon EMR (EC2 steps, Serverless, EKS)",
 }
 

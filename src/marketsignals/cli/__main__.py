@@ -1,0 +1,5 @@
+import sys
+
+from marketsignals.cli import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""``marketsignals live`` (what `make run` runs): broker, feed, streaming job and a live console view.
+
+Ctrl-C (or --duration) stops the feed and the job cleanly, then the broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from marketsignals.local_broker import LocalBroker
+from marketsignals.settings import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--symbols", default="20", help="feed symbols (number or comma list)")
+    parser.add_argument("--rate", type=float, default=2000.0, help="feed ticks per second (default 2000)")
+    parser.add_argument("--bad", default="0.002", help="fraction of each bad-tick kind in the feed")
+    parser.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    parser.add_argument("--keep-broker", action="store_true", help="leave the broker running at the end")
+    parser.add_argument("--fresh", action="store_true", help="delete the job's checkpoint and audit table first")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    logs = Path(".local/logs")
+    logs.mkdir(parents=True, exist_ok=True)
+    broker = LocalBroker(settings.broker, settings.kafka)
+    broker.up()
+    if args.fresh:
+        import shutil
+
+        for path in (settings.stream.checkpoint, settings.stream.audit_table):
+            shutil.rmtree(path, ignore_errors=True)
+        if settings.stream.metrics_path:
+            Path(settings.stream.metrics_path).unlink(missing_ok=True)
+    cli = [sys.executable, "-m", "marketsignals.cli"]
+    passthrough = [a for o in args.overrides for a in ("--set", o)] + ["--profile", args.profile]
+    if args.conf_file:
+        passthrough += ["--conf", args.conf_file]
+    feed_cmd = [*cli, "feed", *passthrough, "--symbols", args.symbols, "--rate", str(args.rate),
+                "--bad", f"all={args.bad}", "--no-progress"]
+    job_cmd = [*cli, "stream", *passthrough]
+    children: list[tuple[str, subprocess.Popen]] = []
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    deadline = time.monotonic() + args.duration if args.duration else None
+    try:
+        for name, cmd in (("stream", job_cmd), ("feed", feed_cmd)):
+            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 (closed with the child below)
+            # own session: Ctrl-C in the terminal reaches only this process, which stops the children
+            children.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                    stdin=subprocess.DEVNULL, start_new_session=True)))
+            print(f"live: started {name} (pid {children[-1][1].pid}, log {logs / (name + '.log')})", flush=True)
+        from marketsignals.console import watch
+
+        def should_stop() -> bool:
+            for name, proc in children:
+                if proc.poll() is not None:
+                    print(f"live: {name} exited with code {proc.returncode}; see {logs / (name + '.log')}")
+                    return True
+            return stop.is_set() or (deadline is not None and time.monotonic() > deadline)
+
+        view = watch(settings.kafka, settings.kafka.signals_topic, settings.kafka.dead_letter_topic,
+                     settings.stream.metrics_path, should_stop)
+        print(f"\nlive: {view.signals:,} signals, {sum(view.rejects.values()):,} rejects seen", flush=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for name, proc in reversed(children):
+            _stop(name, proc)
+        if not args.keep_broker:
+            broker.down()
+    return 0
+
+
+def _stop(name: str, proc: subprocess.Popen, grace_s: float = 60.0) -> None:
+    """SIGTERM to the child only (not its group: the job's JVM must not die before the query stops)."""
+    if proc.poll() is None:
+        print(f"live: stopping {name}", flush=True)
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
