@@ -26,6 +26,7 @@ BASE_CONF: dict[str, str] = {
     "spark.sql.streaming.metricsEnabled": "true",
     # Secrets never reach the UI, event logs or metrics (sasl.jaas.config carries a password).
     "spark.redaction.regex": "(?i)secret|password|token|access[.]key|jaas|credential",
+    "spark.sql.redaction.options.regex": "(?i)url|secret|password|token|jaas|credential|key[.]password",
 }
 
 
