@@ -41,20 +41,23 @@ def render(view: ViewState, now: float, max_rows: int = 25) -> str:
              f"rejected: {sum(view.rejects.values()):,}   (Ctrl-C stops feed, job and broker)", ""]
     job = view.job
     if job:
+        lag = job.get("kafka_lag", {}).get("maxOffsetsBehindLatest", "?")
         lines.append(f"job: batch {job.get('batch_id')}  input {job.get('input_rows_per_s') or 0:,.0f} ticks/s  "
-                     f"processed {job.get('processed_rows_per_s') or 0:,.0f} ticks/s  batch {job.get('batch_duration_ms')} ms  "
-                     f"watermark {job.get('watermark')}  state rows {job.get('state_rows')}  "
-                     f"lag {job.get('kafka_lag', {}).get('maxOffsetsBehindLatest', '?')}")
+                     f"processed {job.get('processed_rows_per_s') or 0:,.0f} ticks/s  "
+                     f"batch {job.get('batch_duration_ms')} ms  watermark {job.get('watermark')}  "
+                     f"state rows {job.get('state_rows')}  lag {lag}")
     else:
         lines.append("job: starting (first micro-batch not done yet)")
     lines.append("")
-    header = f"{'symbol':<10}{'action':<7}{'price':>12}{'conf':>7}{'risk':>7}{'size':>9}  {'regime':<7}{'liq':<7}event time"
+    header = (f"{'symbol':<10}{'action':<7}{'price':>12}{'conf':>7}{'risk':>7}{'size':>9}  "
+              f"{'regime':<7}{'liq':<7}event time")
     lines += [header, "-" * len(header)]
     for symbol in sorted(view.latest)[:max_rows]:
         s = view.latest[symbol]
         lines.append(f"{symbol:<10}{s.get('action', ''):<7}{s.get('price', 0):>12.4f}{s.get('confidence') or 0:>7.1f}"
                      f"{s.get('risk_score') or 0:>7.2f}{s.get('recommended_position_size') or 0:>9}  "
-                     f"{s.get('volatility_regime') or '':<7}{s.get('liquidity_score') or '':<7}{s.get('event_time', '')}")
+                     f"{s.get('volatility_regime') or '':<7}{s.get('liquidity_score') or '':<7}"
+                     f"{s.get('event_time', '')}")
     if view.rejects:
         lines += ["", "rejects: " + "  ".join(f"{r}={n}" for r, n in view.rejects.most_common())]
     return "\n".join(lines)

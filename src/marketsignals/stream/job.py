@@ -105,7 +105,8 @@ def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListe
 def run(spark: SparkSession, settings: Settings) -> int:
     """Start the query and wait; SIGTERM or Ctrl-C stops it cleanly (the batch in flight finishes
     or is replayed from the checkpoint next time)."""
-    query = start_stream(spark, settings)
+    listener = MetricsListener(settings.stream.metrics_path)
+    query = start_stream(spark, settings, listener=listener)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -117,10 +118,18 @@ def run(spark: SparkSession, settings: Settings) -> int:
         if query.isActive:
             print("marketsignals: stopping the streaming query", flush=True)
             query.stop()
+        listener.terminated.wait(timeout=10)
+        spark.streams.removeListener(listener)
     exc = query.exception()
     if exc is not None:
-        raise RuntimeError(f"the streaming query failed: {exc.desc}") from None
+        first_line = (exc.desc or str(exc)).strip().splitlines()[0][:500]
+        raise StreamFailed(f"the streaming query failed: {first_line} (full trace in the driver log; the job "
+                           f"restarts from {settings.stream.checkpoint})")
     return 0
+
+
+class StreamFailed(RuntimeError):
+    """The query stopped with an error; restarting resumes from the checkpoint."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
