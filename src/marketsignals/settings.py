@@ -159,14 +159,39 @@ class StreamSettings(_Section):
 
 
 class BacktestSettings(_Section):
-    """The batch backtest and its strategy simulation."""
+    """The batch backtest and its strategy simulation.
+
+    ``initial_capital`` is the book's starting equity in money; null (the default) funds it fully:
+    symbols × ``strategy.base_position``, the most the strategy can hold at entry, so it is never
+    levered and the buy-and-hold benchmark holds what the strategy could hold in each symbol.
+    ``fee_bps`` is charged on the traded notional of every fill (1 bp = 0.01 %). ``allow_short``: a
+    SELL signal targets a short of ``recommended_position_size`` instead of going flat.
+    ``mark_interval`` is the resolution of the equity curve (positions marked to the mid of the
+    interval's last tick); it must divide a day, since daily PnL is the sum of a day's intervals.
+    ``trading_days_per_year`` annualises the daily Sharpe, Sortino and volatility.
+    """
 
     input: str = ".local/history"
     input_format: Literal["parquet", "csv", "json"] = "parquet"
     output: str = ".local/backtest"
     fill: Literal["next_tick", "same_tick"] = "next_tick"
     fee_bps: float = Field(1.0, ge=0)
-    initial_capital: float = Field(1_000_000.0, gt=0)
+    initial_capital: float | None = Field(None, gt=0)
+    allow_short: bool = False
+    mark_interval: str = "1 hour"
+    trading_days_per_year: int = Field(252, ge=1)
+
+    @field_validator("mark_interval")
+    @classmethod
+    def _divides_a_day(cls, value: str) -> str:
+        ms = duration_ms(value)
+        if ms <= 0 or 86_400_000 % ms:
+            raise ValueError("expected a duration that divides a day, e.g. '1 hour', '15 minutes', '24 hours'")
+        return value
+
+    @property
+    def mark_interval_ms(self) -> int:
+        return duration_ms(self.mark_interval)
 
 
 class SparkSettings(_Section):
