@@ -65,7 +65,8 @@ def test_bad_kinds_break_exactly_their_rule():
         elif m.kind == "missing_field":
             assert len(tick) == 7
         elif m.kind == "wrong_type":
-            assert any(not isinstance(tick[f], (int, float)) or isinstance(tick[f], bool) for f in ("price", "volume", "bid"))
+            fields = ("price", "volume", "bid")
+            assert any(not isinstance(tick[f], (int, float)) or isinstance(tick[f], bool) for f in fields)
         elif m.kind == "crossed_quote":
             assert tick["bid"] > tick["ask"]
         elif m.kind == "non_positive_price":

@@ -126,7 +126,8 @@ def test_signal_id_is_deterministic_and_unique_per_tick():
     a = kernel.signal_id("AAPL", T0, "XNAS", 10.0, 5, "v1")
     assert a == kernel.signal_id("AAPL", T0, "XNAS", 10.0, 5, "v1")
     assert len({a, kernel.signal_id("AAPL", T0 + 1, "XNAS", 10.0, 5, "v1"),
-                kernel.signal_id("AAPL", T0, "XNYS", 10.0, 5, "v1"), kernel.signal_id("MSFT", T0, "XNAS", 10.0, 5, "v1"),
+                kernel.signal_id("AAPL", T0, "XNYS", 10.0, 5, "v1"),
+                kernel.signal_id("MSFT", T0, "XNAS", 10.0, 5, "v1"),
                 kernel.signal_id("AAPL", T0, "XNAS", 10.0, 5, "v2")}) == 5
 
 

@@ -52,7 +52,7 @@ def test_a_bad_value_names_the_key_and_the_expected_form(override, names):
 
 
 def test_bad_environment_variable_is_named():
-    with pytest.raises(SettingsError, match="MARKETSIGNALS__STREAM__EMISSION|stream.emission"):
+    with pytest.raises(SettingsError, match=r"MARKETSIGNALS__STREAM__EMISSION|stream\.emission"):
         load_settings("local", env={"MARKETSIGNALS__STREAM__EMISSION": "sometimes"})
 
 
@@ -62,7 +62,7 @@ def test_missing_profile_says_what_to_pass():
 
 
 def test_set_without_equals_is_refused():
-    with pytest.raises(SettingsError, match="section.key=value"):
+    with pytest.raises(SettingsError, match=r"section\.key=value"):
         load_settings("local", ["stream.ordering"], env={})
 
 
