@@ -7,12 +7,12 @@ CLI := $(BIN)/marketsignals
 MVN := mvn -q -B -s jvm/settings.xml -f jvm/pom.xml
 PYTEST_ARGS ?=
 
-.PHONY: help setup venv jars kafka-up kafka-down kafka-status run test test-unit test-integration lint bench soak package clean
+.PHONY: help setup venv jars kafka-up kafka-down kafka-status run test test-unit test-integration lint package clean
 
 help:
 	@echo "make run      broker + feed + streaming job + live console (Ctrl-C stops all)"
 	@echo "make test     set up and run the whole test suite (starts/stops its own broker)"
-	@echo "make jars | kafka-up | kafka-down | kafka-status | lint | bench | soak | package | clean"
+	@echo "make jars | kafka-up | kafka-down | kafka-status | lint | package | clean"
 
 setup: venv jars
 
