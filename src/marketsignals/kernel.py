@@ -197,13 +197,16 @@ def process(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
 
     pending = None
     if cfg.ordering == "event_time" and watermark_ms is not None:
-        # Ticks wait until the watermark passes them, then go in SPEC §2 order. (One the watermark
-        # had already passed when it arrived was rejected as late above.)
+        # Ticks wait until the watermark passes them (ts < watermark, Spark's own rule: a tick at
+        # the watermark is not late, so its equals may still arrive), then go in SPEC §2 order.
+        # The state timer (state.py) fires on the same rule, so whether a tick is released by its
+        # symbol's new data or by the timer, the cut is the same whatever the batch boundaries.
+        # (One the watermark had already passed when it arrived was rejected as late above.)
         pool = {c: ticks[c] for c in _PENDING}
         if state.has_pending:
             pool = {c: np.concatenate([state.pending[c], pool[c]]) for c in _PENDING}
         pool = _take(pool, _order(pool))
-        ready = pool[TS_MS] <= watermark_ms
+        ready = pool[TS_MS] < watermark_ms
         ticks, pending = _take(pool, ready), _take(pool, ~ready)
     elif state.last_ts is not None and _length(ticks):
         older = ticks[TS_MS] < state.last_ts

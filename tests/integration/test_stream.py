@@ -187,9 +187,6 @@ def test_every_bad_tick_kind_is_dead_lettered_with_its_reason(spark, kafka_broke
     assert rejects_metric == expected
 
 
-@pytest.mark.xfail(strict=False, reason="known defect (issue 3 stays open): in one run the shuffled arrival gave one "
-                   "signal more than the ordered one; the kernel-level test (tests/unit/test_kernel.py) passes, so "
-                   "the difference comes from watermark/timer timing across micro-batches; not diagnosed yet")
 def test_event_time_mode_gives_the_same_signals_for_shuffled_arrival(spark, kafka_broker):
     opts = feed.FeedOptions(symbols=feed.symbol_names(4), count=2000, rate=25, start_ms=START_MS, seed=15)
     messages = list(feed.generate(opts))

@@ -92,13 +92,28 @@ def test_event_time_mode_waits_for_the_watermark_and_orders_shuffled_arrivals():
     for frame in (ordered, shuffled):
         r1 = run(frame.iloc[:25], cfg=cfg, watermark=T0 - 1)
         assert r1.processed == 0 and r1.state.has_pending  # nothing passed by the watermark yet
-        r2 = run(frame.iloc[25:], state=r1.state, cfg=cfg, watermark=T0 + 9_000)
+        r2 = run(frame.iloc[25:], state=r1.state, cfg=cfg, watermark=T0 + 9_001)
         assert r2.processed == 10 and rejects(r2) == []  # the first 10 s block is released, in order
-        r3 = run(frame.iloc[:0], state=r2.state, cfg=cfg, watermark=T0 + 39_000)  # a timer call, no data
+        r3 = run(frame.iloc[:0], state=r2.state, cfg=cfg, watermark=T0 + 39_001)  # a timer call, no data
         assert r3.processed == 30 and not r3.state.has_pending
         out = pd.concat([r1.output, r2.output, r3.output])
         outs.append(out[out.kind == "signal"].reset_index(drop=True))
     pd.testing.assert_frame_equal(outs[0].drop(columns=["offset"]), outs[1].drop(columns=["offset"]))
+
+
+def test_event_time_mode_releases_a_tick_only_once_the_watermark_is_past_it():
+    # Spark fires an event-time timer when the watermark is *past* the timeout (timeout < watermark);
+    # the kernel's release rule is the same, so a tick at exactly the watermark waits whether its
+    # symbol gets new data in that batch or only a timer call -- the batch cut cannot change the output.
+    cfg = KernelConfig(strategy=StrategySettings(), ordering="event_time")
+    first = run(ticks([T0, T0 + 1000]), cfg=cfg, watermark=T0 - 1)
+    assert first.processed == 0
+    with_data = run(ticks([T0 + 2000], offsets=[2]), state=first.state, cfg=cfg, watermark=T0 + 1000)
+    timer_only = run(ticks([])[:0], state=first.state, cfg=cfg, watermark=T0 + 1000)
+    assert with_data.processed == timer_only.processed == 1  # T0 + 1000 is at the watermark: it waits
+    assert sorted(with_data.state.pending["ts_ms"].tolist()) == [T0 + 1000, T0 + 2000]
+    assert timer_only.state.pending["ts_ms"].tolist() == [T0 + 1000]
+    assert run(ticks([])[:0], state=first.state, cfg=cfg, watermark=T0 + 1001).processed == 2
 
 
 def test_a_gap_longer_than_the_idle_timeout_starts_a_new_series():

@@ -69,14 +69,16 @@ def _save(after: SymbolState, state: GroupState, watermark: int, cfg: KernelConf
             state.remove()
         return
     if after.has_pending:
-        # wake up when the watermark passes the oldest waiting tick
+        # wake up when the watermark passes the oldest waiting tick (Spark fires once
+        # timeout < watermark, the kernel's release rule; the kernel released every tick before the
+        # watermark, so the oldest waiting one is at or after it -- a valid timeout)
         timeout = int(after.pending["ts_ms"].min())
     else:
         # idle eviction: once the watermark is past the symbol's newest tick + the idle timeout,
         # the next tick starts a new series anyway (the kernel resets on such a gap)
         timeout = int(after.high_water) + cfg.idle_timeout_ms
-    if timeout <= watermark:
-        state.remove()
-        return
+        if timeout <= watermark:
+            state.remove()
+            return
     state.update((STATE_FORMAT, pickle.dumps(after, protocol=pickle.HIGHEST_PROTOCOL)))
     state.setTimeoutTimestamp(timeout)
