@@ -10,7 +10,7 @@ from pathlib import Path
 
 from marketsignals import feed, kafka_client
 from marketsignals.local_broker import LocalBroker
-from marketsignals.settings import Settings
+from marketsignals.settings import KafkaSettings, Settings
 
 _ids = itertools.count()
 
@@ -68,26 +68,31 @@ class Broker:
 
     def consume(self, settings: Settings, topic: str, timeout_s: float = 60.0) -> list[tuple[bytes, bytes]]:
         """Every message of ``topic`` up to its end offsets when called (waits for them)."""
-        ends = kafka_client.end_offsets(settings.kafka, [topic])[topic]
-        wanted = sum(ends.values())
-        out: list[tuple[bytes, bytes]] = []
-        if wanted == 0:
-            return out
-        consumer = kafka_client.consumer(settings.kafka, topic, consumer_timeout_ms=2000)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while len(out) < wanted and time.monotonic() < deadline:
-                for msg in consumer:
-                    out.append((msg.key, msg.value))
-                    if len(out) >= wanted:
-                        break
-        finally:
-            consumer.close()
-        assert len(out) == wanted, f"read {len(out)} of {wanted} messages from {topic}"
-        return out
+        return consume_all(settings.kafka, topic, timeout_s)
 
     def consume_json(self, settings: Settings, topic: str) -> list[dict]:
         return [json.loads(v) for _, v in self.consume(settings, topic)]
+
+
+def consume_all(kafka: KafkaSettings, topic: str, timeout_s: float = 60.0) -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) of ``topic`` up to its end offsets when called (waits for them)."""
+    ends = kafka_client.end_offsets(kafka, [topic])[topic]
+    wanted = sum(ends.values())
+    out: list[tuple[bytes | None, bytes | None]] = []
+    if not wanted:
+        return out
+    consumer = kafka_client.consumer(kafka, topic, consumer_timeout_ms=2000)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < wanted and time.monotonic() < deadline:
+            for msg in consumer:
+                out.append((msg.key, msg.value))
+                if len(out) >= wanted:
+                    break
+    finally:
+        consumer.close()
+    assert len(out) == wanted, f"read {len(out)} of {wanted} messages from {topic}"
+    return out
 
 
 def run_available_now(spark, settings: Settings) -> list[dict]:

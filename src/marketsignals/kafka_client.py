@@ -7,7 +7,10 @@ CLI and the tests connect exactly as the job does.
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from marketsignals.settings import KafkaSettings
@@ -37,6 +40,9 @@ def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
         target = _DIRECT.get(key)
         if target:
             kwargs[target] = int(value) if target.endswith("_ms") else value
+    if opts.get("ssl.truststore.type", "").upper() == "PEM" and opts.get("ssl.truststore.location"):
+        # the Java clients' PEM truststore is a CA bundle file: kafka-python's ssl_cafile
+        kwargs.setdefault("ssl_cafile", opts["ssl.truststore.location"])
     if opts.get("ssl.endpoint.identification.algorithm", "https") == "":
         kwargs["ssl_check_hostname"] = False
     jaas = opts.get("sasl.jaas.config", "")
@@ -48,13 +54,60 @@ def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
     return kwargs
 
 
+class KafkaAuthError(RuntimeError):
+    """The brokers refused the client's credentials or the client did not trust their certificate."""
+
+
+@contextmanager
+def _clear_connect_errors(kafka: KafkaSettings) -> Iterator[None]:
+    """kafka-python retries a refused SASL handshake or TLS verification until its bootstrap timeout and
+    then only says "Unable to bootstrap"; keep the handshake's own error and raise that instead."""
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError, SaslAuthenticationFailedError
+
+    causes: list[BaseException] = []
+
+    class _Remember(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            args = record.args if isinstance(record.args, tuple) else ()
+            causes.extend(a for a in args if isinstance(a, BaseException))
+
+    handler = _Remember(logging.WARNING)
+    logger = logging.getLogger("kafka")
+    logger.addHandler(handler)
+    try:
+        yield
+    except KafkaTimeoutError:
+        where = kafka.bootstrap_servers
+        for cause in reversed(causes):
+            if isinstance(cause, SaslAuthenticationFailedError):
+                mechanism = kafka.options.get("sasl.mechanism", "SASL")
+                raise KafkaAuthError(f"Kafka at {where} refused the credentials ({mechanism}): check the user and "
+                                     "password in kafka.options.sasl.jaas.config (or the secret it names)") from None
+            if "certificate verify failed" in str(cause).lower():
+                raise KafkaAuthError(f"the TLS certificate of Kafka at {where} is not trusted: set kafka.options."
+                                     "ssl.truststore.location (type PEM) to the CA that signed it") from None
+        sasl = kafka.options.get("security.protocol", "").upper().startswith("SASL")
+        lost = [c for c in causes if isinstance(c, KafkaConnectionError)]
+        if sasl and lost and all("disconnected" in str(c).lower() for c in lost):
+            # The broker closes the connection right after a failed SASL exchange; kafka-python may see
+            # the close before the error response (a race), so a refusal can look like this.
+            mechanism = kafka.options.get("sasl.mechanism", "SASL")
+            raise KafkaAuthError(f"Kafka at {where} accepted the connection and then closed it during {mechanism} "
+                                 "login: the credentials are most likely wrong -- check the user and password in "
+                                 "kafka.options.sasl.jaas.config (or the secret it names)") from None
+        raise
+    finally:
+        logger.removeHandler(handler)
+
+
 def producer(kafka: KafkaSettings, **extra: Any):
     """A KafkaProducer for the configured cluster (acks=all, batched)."""
     from kafka import KafkaProducer
 
     params = {"acks": "all", "linger_ms": 20, "batch_size": 256 * 1024, "max_in_flight_requests_per_connection": 5}
     params.update(extra)
-    return KafkaProducer(**client_kwargs(kafka), **params)
+    with _clear_connect_errors(kafka):
+        return KafkaProducer(**client_kwargs(kafka), **params)
 
 
 def consumer(kafka: KafkaSettings, *topics: str, **extra: Any):
@@ -63,14 +116,16 @@ def consumer(kafka: KafkaSettings, *topics: str, **extra: Any):
 
     params = {"auto_offset_reset": "earliest", "enable_auto_commit": False, "consumer_timeout_ms": 1000}
     params.update(extra)
-    return KafkaConsumer(*topics, **client_kwargs(kafka), **params)
+    with _clear_connect_errors(kafka):
+        return KafkaConsumer(*topics, **client_kwargs(kafka), **params)
 
 
 def admin(kafka: KafkaSettings, **extra: Any):
     """A KafkaAdminClient for topic management."""
     from kafka import KafkaAdminClient
 
-    return KafkaAdminClient(**client_kwargs(kafka), **extra)
+    with _clear_connect_errors(kafka):
+        return KafkaAdminClient(**client_kwargs(kafka), **extra)
 
 
 def end_offsets(kafka: KafkaSettings, topics: list[str]) -> dict[str, dict[int, int]]:

@@ -266,8 +266,10 @@ class _Output:
     def add_rejects(self, ticks: Columns, reason) -> None:
         n = _length(ticks)
         raw = ticks[RAW].astype(object) if RAW in ticks else np.full(n, None, dtype=object)
-        missing = pd.isna(raw)
-        if missing.any():  # rejected after parsing (late, duplicate, out of order): the fields as JSON
+        # rejected here after parsing (late, duplicate, out of order: one reason for all): the fields as
+        # JSON. A validation reject keeps its raw value as it came, null for a Kafka null value.
+        missing = pd.isna(raw) if isinstance(reason, str) else np.zeros(n, dtype=bool)
+        if missing.any():
             sub = _take(ticks, missing)
             raw[missing] = [
                 json.dumps({"symbol": self.symbol, "timestamp": int(t), "price": float(p), "volume": int(v),

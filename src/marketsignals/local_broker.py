@@ -203,7 +203,9 @@ class LocalBroker:
             client.close()
 
     def _format_storage(self, java: str) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # StorageTool would read "-xyz" as an option (1 id in 64)
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         cmd = [java, "-cp", f"{self.jars}/*", f"-Dlog4j2.configurationFile={self.paths.log4j}",
                "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
                "-c", str(self.paths.config), *self.format_extra_args()]

@@ -37,6 +37,7 @@ _CURRENCY = r"^[A-Za-z]{3}$"
 _ISO_WITH_ZONE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$"
 
 PARSED = "_tick"
+_MIN_TS_MS, _MAX_TS_MS = -62_135_596_800_000, 253_402_300_799_999  # 0001-01-01 .. 9999-12-31T23:59:59.999Z
 
 
 def _text(name: str) -> Column:
@@ -58,6 +59,9 @@ def parse_ticks(df: DataFrame, value_col: str = "value") -> DataFrame:
     ts_ms = F.when(ts_text.rlike(_INTEGER), ts_text.try_cast("long")).when(
         ts_text.rlike(_ISO_WITH_ZONE), iso_ms
     )
+    # outside Spark's timestamp range (years 1-9999) a stamp is invalid, not a crash: under ANSI mode
+    # timestamp_millis(9223372036854775807) overflows and would fail the whole batch
+    ts_ms = F.when(ts_ms.between(_MIN_TS_MS, _MAX_TS_MS), ts_ms)
     return (
         df.withColumn(PARSED, F.from_json(F.col(value_col).cast("string"), RAW_TICK_SCHEMA))
         .withColumn(SYMBOL, F.upper(F.trim(_text(SYMBOL))))
@@ -70,6 +74,23 @@ def parse_ticks(df: DataFrame, value_col: str = "value") -> DataFrame:
         .withColumn(EXCHANGE, F.trim(_text(EXCHANGE)))
         .withColumn(CURRENCY, F.upper(_text(CURRENCY)))
     )
+
+
+MAX_RAW_CHARS = 65_536
+TRUNCATED_MARK = "...[truncated: the whole value stays at its topic, partition and offset]"
+
+
+def raw_text(value: Column) -> Column:
+    """A Kafka value as text for a dead letter. Bytes that are not UTF-8 would break the Arrow transfer
+    to the Python workers (and JSON), so they are kept as ``base64:<base64 of the bytes>``, losslessly.
+    A value longer than MAX_RAW_CHARS is cut there and marked: JSON escaping can grow text sixfold,
+    and a dead letter must fit Kafka's 1 MB request limit (the source record keeps the whole value).
+    Spark 3.5 (emr-7.x) has no UTF-8 check: there the bytes are cast as they are."""
+    text = value.cast("string")
+    if hasattr(F, "is_valid_utf8"):
+        text = F.when(F.is_valid_utf8(text), text).otherwise(F.concat(F.lit("base64:"), F.base64(value.cast("binary"))))
+    return F.when(F.length(text) > MAX_RAW_CHARS,
+                  F.concat(F.substring(text, 1, MAX_RAW_CHARS), F.lit(TRUNCATED_MARK))).otherwise(text)
 
 
 def _finite_positive(name: str) -> Column:

@@ -53,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings: Settings = load_settings(args.profile, args.overrides, conf_file=args.conf_file)
+        if args.command != "emr":  # emr renders requests for the cluster, which resolves its own secrets
+            from marketsignals.secrets import resolve_secrets
+
+            settings = resolve_secrets(settings)
         result = args._module.run(args, settings)
         return int(result or 0)
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ import signal
 import threading
 from collections.abc import Sequence
 
+from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
@@ -37,12 +38,13 @@ from marketsignals.schema import (
     TS_MS,
     VOLUME,
 )
+from marketsignals.secrets import resolve_secrets
 from marketsignals.settings import Settings, load_settings
 from marketsignals.stream import state
 from marketsignals.stream.metrics import MetricsListener
 from marketsignals.stream.sinks import SignalSink
 from marketsignals.stream.source import read_ticks
-from marketsignals.validation import parse_ticks, with_reject_reason
+from marketsignals.validation import parse_ticks, raw_text, with_reject_reason
 
 # Spark's EventTimeWatermark.delayKey: the column metadata that marks an event-time column.
 WATERMARK_DELAY_KEY = "spark.watermarkDelayMs"
@@ -63,7 +65,7 @@ def validated_ticks(raw: DataFrame, settings: Settings) -> DataFrame:
         F.coalesce(F.col(SYMBOL), F.lit("")).alias(SYMBOL),
         F.when(valid, F.col(EVENT_TIME)).alias(EVENT_TIME),
         TS_MS, PRICE, VOLUME, BID, ASK, EXCHANGE, TOPIC, PARTITION, OFFSET, REASON,
-        F.when(~valid, F.col("value").cast("string")).alias(RAW),
+        F.when(~valid, raw_text(F.col("value"))).alias(RAW),
     )
 
 
@@ -111,7 +113,10 @@ def run(spark: SparkSession, settings: Settings) -> int:
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         while query.isActive and not stop.is_set():
-            query.awaitTermination(1)
+            try:
+                query.awaitTermination(1)
+            except StreamingQueryException:
+                break  # reported below, from query.exception(), as one restartable line
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -122,7 +127,7 @@ def run(spark: SparkSession, settings: Settings) -> int:
         spark.streams.removeListener(listener)
     exc = query.exception()
     if exc is not None:
-        first_line = (exc.desc or str(exc)).strip().splitlines()[0][:500]
+        first_line = (getattr(exc, "desc", None) or str(exc)).strip().splitlines()[0][:500]
         raise StreamFailed(f"the streaming query failed: {first_line} (full trace in the driver log; the job "
                            f"restarts from {settings.stream.checkpoint})")
     return 0
@@ -139,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--conf", dest="conf_file")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
-    settings = load_settings(args.profile, args.overrides, conf_file=args.conf_file)
+    settings = resolve_secrets(load_settings(args.profile, args.overrides, conf_file=args.conf_file))
     from marketsignals.session import build_session
 
     return run(build_session(settings.spark), settings)

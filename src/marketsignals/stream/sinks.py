@@ -49,10 +49,11 @@ def dead_letter_records(out: DataFrame) -> DataFrame:
             .select(*[f.name for f in DEAD_LETTER_SCHEMA.fields]))
 
 
-def to_kafka_records(df: DataFrame, key_col: str = SYMBOL) -> DataFrame:
-    """key = symbol, value = the record as JSON."""
+def to_kafka_records(df: DataFrame, key_col: str = SYMBOL, nulls: bool = False) -> DataFrame:
+    """key = symbol, value = the record as JSON (``nulls``: null fields written as null, not left out)."""
+    options = {"ignoreNullFields": "false"} if nulls else {}
     return df.select(F.col(key_col).cast("string").alias("key"),
-                     F.to_json(F.struct(*df.columns)).alias("value"))
+                     F.to_json(F.struct(*df.columns), options).alias("value"))
 
 
 def batch_counts(out: DataFrame) -> dict[str, int]:
@@ -88,7 +89,7 @@ class SignalSink:
             if counts["signals"] or counts["rejected"]:
                 # signals and dead letters in one Kafka write: the sink takes the topic per row
                 records = to_kafka_records(signals).withColumn("topic", F.lit(kafka.signals_topic)).unionByName(
-                    to_kafka_records(dead_letter_records(out)).withColumn("topic", F.lit(kafka.dead_letter_topic)))
+                    to_kafka_records(dead_letter_records(out), nulls=True).withColumn("topic", F.lit(kafka.dead_letter_topic)))
                 records.write.format("kafka").options(**client_options(kafka)).save()
             if counts["signals"]:
                 (signals.withColumn(EVENT_DATE, F.to_date(EVENT_TIME))
