@@ -7,11 +7,13 @@ CLI := $(BIN)/marketsignals
 MVN := mvn -q -B -s jvm/settings.xml -f jvm/pom.xml
 PYTEST_ARGS ?=
 
-.PHONY: help setup venv jars kafka-up kafka-down kafka-status run test test-unit test-integration lint package clean
+.PHONY: help setup venv jars kafka-up kafka-down kafka-status run test test-unit test-integration faults soak bench lint package clean
 
 help:
 	@echo "make run      broker + feed + streaming job + live console (Ctrl-C stops all)"
 	@echo "make test     set up and run the whole test suite (starts/stops its own broker)"
+	@echo "make bench    the benchmark (bench/README.md): BENCH_ARGS='--ticks 200000 ...'"
+	@echo "make faults   the fault-injection suite's short version; make soak: the long one"
 	@echo "make jars | kafka-up | kafka-down | kafka-status | lint | package | clean"
 
 setup: venv jars
@@ -44,14 +46,27 @@ kafka-status: venv
 run: venv jars
 	$(CLI) live
 
+# the whole suite but the soak variants (make soak); a -m in PYTEST_ARGS replaces this one
 test: venv jars
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not soak" $(PYTEST_ARGS)
 
 test-unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: venv jars
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+faults: venv jars
+	$(BIN)/pytest tests/faults -m "faults and not soak" $(PYTEST_ARGS)
+
+# the long fault run: every fault test with the soak variants and their knobs turned up (tests/faults/soak.py)
+soak: venv jars
+	$(BIN)/python tests/faults/soak.py $(SOAK_ARGS)
+
+# a benchmark, not a test: prints a table, writes bench/results/<timestamp>.json and .png
+BENCH_ARGS ?=
+bench: venv jars
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: venv
 	$(BIN)/ruff check src tests jobs bench

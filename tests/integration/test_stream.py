@@ -179,6 +179,9 @@ def test_every_bad_tick_kind_is_dead_lettered_with_its_reason(spark, kafka_broke
     assert by_reason == expected
     processed = sum(m.get("processed", 0) for m in progress_lines(metrics))
     assert processed == stats.by_kind["good"]
+    # every data batch says where its time went
+    sink_ms = [m["sink_ms"] for m in progress_lines(metrics) if m.get("input_rows")]
+    assert sink_ms and all({"compute", "kafka"} <= ms.keys() for ms in sink_ms), sink_ms
     assert processed + len(letters) == stats.produced
     rejects_metric: dict[str, int] = {}
     for m in progress_lines(metrics):

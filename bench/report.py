@@ -1,0 +1,147 @@
+"""The benchmark's table and chart from its results dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _rate(run: dict | None) -> float | None:
+    """Steady rate: after the first batch (JVM warm-up, first Delta commit, Python workers) when
+    the run had several batches; the simple consumer has no batches."""
+    if not run or "error" in run:
+        return None
+    return run.get("ticks_per_s_after_first_batch") or run.get("ticks_per_s")
+
+
+def _fmt(x, spec: str = ",.0f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def ratios(results: dict) -> dict:
+    runs = results["runs"]
+    a, b, c, e = (_rate(runs.get(k)) for k in ("a_ceiling", "b_product", "c_simple", "e_scale"))
+    return {"b_over_a": round(b / a, 3) if a and b else None, "b_over_c": round(b / c, 3) if b and c else None,
+            "e_over_b": round(e / b, 3) if b and e else None}
+
+
+def table(results: dict) -> str:
+    runs = results["runs"]
+    lines = ["", f"{'scenario':<28}{'ticks':>10}{'ticks/s':>10}{'steady/s':>10}{'cpu s':>8}{'ticks/cpu-s':>12}"
+                 f"{'JVM MB':>8}{'Py MB':>8}  state"]
+    names = {"a_ceiling": "(a) ceiling (from_json)", "b_product": "(b) product", "c_simple": "(c) simple Python",
+             "e_scale": "(e) product, scale symbols"}
+    for key, label in names.items():
+        run = runs.get(key)
+        if run is None:
+            continue
+        if "error" in run:
+            lines.append(f"{label:<28} failed: {run['error'].splitlines()[0][:80]}")
+            continue
+        ticks = run.get("ticks", 0) + run.get("rejected", 0) if key == "c_simple" else run.get("ticks")
+        cpu = run.get("cpu_s_total")
+        peak = run.get("peak_rss_mb", {})
+        py = (peak.get("python_workers", 0) + peak.get("driver", 0)) if key != "c_simple" else peak.get("driver")
+        state = (f"{run['state_rows']:,} rows {run.get('state_dir_mb', 0):.0f}MB" if run.get("state_rows") is not None
+                 else "")
+        lines.append(f"{label:<28}{_fmt(ticks):>10}{_fmt(run.get('ticks_per_s')):>10}{_fmt(_rate(run)):>10}"
+                     f"{_fmt(cpu, '.0f'):>8}{_fmt(ticks / cpu if ticks and cpu else None):>12}"
+                     f"{_fmt(peak.get('jvm')):>8}{_fmt(py):>8}  {state}")
+    r = ratios(results)
+    lines.append("ratios on the steady rates (after the first batch)")
+    lines.append(f"b/a = {_fmt(r['b_over_a'], '.2f')} (target >= 0.8)   b/c = {_fmt(r['b_over_c'], '.2f')} "
+                 f"(target >= 2)   scale/b = {_fmt(r['e_over_b'], '.2f')} (target >= 0.8)")
+    lat = [(k, v) for k, v in runs.items() if k.startswith("d_latency_")]
+    if lat:
+        lines += ["", f"{'feed rate':>10}{'achieved':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'batch ms':>10}"
+                      f"{'max lag':>10}  sustained"]
+        for _, v in sorted(lat, key=lambda kv: kv[1].get("rate", 0)):
+            if "error" in v:
+                lines.append(f"{'?':>10} failed: {v['error'].splitlines()[0][:80]}")
+                continue
+            fed = v.get("feeder", {})
+            lines.append(f"{_fmt(v['rate']):>10}{_fmt(fed.get('rate')):>10}{_fmt(v.get('p50_ms')):>9}"
+                         f"{_fmt(v.get('p95_ms')):>9}{_fmt(v.get('p99_ms')):>9}{_fmt(v.get('batch_ms_median')):>10}"
+                         f"{_fmt(v.get('max_lag_ticks')):>10}  {'yes' if v.get('sustained') else 'no'}")
+        best = max((v["rate"] for _, v in lat if v.get("sustained")), default=None)
+        lines.append(f"highest sustained rate tried: {_fmt(best)} ticks/s")
+    soak = runs.get("soak")
+    if soak and "rss_series" in soak:
+        lines.append("")
+        lines.append("memory over the soak: " + ", ".join(f"{k} {v:+.1f} MB/min" for k, v in rss_slopes(soak).items()))
+    load = results["host"]
+    lines.append(f"(load average at start {load['load_avg_start'][0]:.1f}, at end "
+                 f"{load.get('load_avg_end', [0])[0]:.1f} on {load['cpus']} CPUs: wall rates drop under contention, "
+                 f"ticks per CPU second less so)")
+    return "\n".join(lines)
+
+
+def rss_slopes(run: dict) -> dict[str, float]:
+    """MB per minute of each process kind over the second half of the series (after warm-up)."""
+    import numpy as np
+
+    series = run.get("rss_series") or []
+    half = series[len(series) // 2:]
+    out = {}
+    for kind in ("jvm", "python_workers"):
+        pts = [(t, rss[kind]) for t, rss in half if kind in rss]
+        if len(pts) >= 3:
+            t, m = np.array(pts, dtype=float).T
+            out[kind] = float(np.polyfit(t / 60.0, m / 2**20, 1)[0])
+    return out
+
+
+def chart(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["runs"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    labels, values = [], []
+    for key, label in (("a_ceiling", "(a) ceiling"), ("b_product", "(b) product"), ("c_simple", "(c) simple"),
+                       ("e_scale", "(e) scale")):
+        if _rate(runs.get(key)) is not None:
+            labels.append(label)
+            values.append(_rate(runs[key]))
+    ax = axes[0]
+    bars = ax.bar(labels, values, color=["#888", "#1f77b4", "#ff7f0e", "#2ca02c"][: len(values)])
+    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values])
+    ax.set_title("throughput, ticks/s")
+    ax.set_ylabel("ticks per second")
+    lat = sorted((v for k, v in runs.items() if k.startswith("d_latency_") and "p50_ms" in v), key=lambda v: v["rate"])
+    ax = axes[1]
+    if lat:
+        rates = [v["rate"] for v in lat]
+        for q in ("p50_ms", "p95_ms", "p99_ms"):
+            ax.plot(rates, [v[q] / 1000 for v in lat], marker="o", label=q.split("_")[0])
+        ax.axhline(1.0, color="red", linestyle=":", label="1 s target")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.legend()
+    ax.set_title("latency tick -> signal (Kafka timestamps)")
+    ax.set_xlabel("feed rate, ticks/s")
+    ax.set_ylabel("seconds")
+    ax = axes[2]
+    soak = runs.get("soak")
+    if soak and soak.get("rss_series"):
+        t = [p[0] / 60 for p in soak["rss_series"]]
+        for kind in ("jvm", "python_workers", "driver"):
+            ax.plot(t, [p[1].get(kind, 0) / 2**20 for p in soak["rss_series"]], label=kind)
+        ax.set_xlabel("minutes")
+        ax.set_title("RSS over the soak run, MB")
+        ax.legend()
+    else:
+        kinds = ("jvm", "python_workers", "driver")
+        keys = [k for k in ("a_ceiling", "b_product", "c_simple", "e_scale") if runs.get(k, {}).get("peak_rss_mb")]
+        for i, kind in enumerate(kinds):
+            ax.bar([j + i * 0.27 for j in range(len(keys))], [runs[k]["peak_rss_mb"].get(kind, 0) for k in keys],
+                   width=0.27, label=kind)
+        ax.set_xticks([j + 0.27 for j in range(len(keys))], [k.split("_", 1)[1] for k in keys])
+        ax.set_title("peak RSS, MB")
+        ax.legend()
+    fig.suptitle(f"marketsignals bench {results['started']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,190 @@
+"""The Spark measurements, one per process (``python -m bench.spark_runs SCENARIO ARGS_JSON``), so each
+gets a fresh JVM and its memory is measured alone. Prints one JSON line: the result.
+
+    ceiling  Spark Kafka source -> from_json -> noop sink, availableNow            (a)
+    product  the streaming job's own code path (start_stream), availableNow      (b), (e)
+    latency  the job on its default trigger while bench/Feeder.java sends at a fixed rate  (d)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from statistics import median
+
+from marketsignals.schema import RAW_TICK_SCHEMA
+from marketsignals.settings import Settings
+from marketsignals.stream.metrics import MetricsListener
+
+
+def _session(settings: Settings):
+    from marketsignals.session import build_session
+
+    return build_session(settings.spark)
+
+
+def _progress(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [m for m in (json.loads(line) for line in path.read_text().splitlines()) if m.get("event") == "progress"]
+
+
+def _summary(progress: list[dict], wall_s: float) -> dict:
+    rows = sum(m["input_rows"] for m in progress)
+    busy = [m for m in progress if m["input_rows"] > 0]
+    batch_ms = sum(m["batch_duration_ms"] or 0 for m in progress)
+    # the first batch pays for JVM warm-up, first Delta commit and Python worker start: the rate
+    # is reported over the later batches when there are several
+    later = busy[1:] if len(busy) > 2 else busy
+    later_rows = sum(m["input_rows"] for m in later)
+    later_ms = sum(m["batch_duration_ms"] or 0 for m in later)
+    last = progress[-1] if progress else {}
+    return {
+        "ticks": rows, "batches": len(busy), "wall_s": round(wall_s, 2),
+        "ticks_per_s": round(rows / (batch_ms / 1000), 1) if batch_ms else None,
+        "ticks_per_s_after_first_batch": round(later_rows / (later_ms / 1000), 1) if later_ms else None,
+        "ticks_per_s_wall": round(rows / wall_s, 1) if wall_s else None,
+        "batch_ms_median": median([m["batch_duration_ms"] for m in busy]) if busy else None,
+        "add_batch_ms_median": median([m["duration_ms"].get("addBatch", 0) for m in busy]) if busy else None,
+        "state_rows": last.get("state_rows"),
+        "state_memory_mb": round((last.get("state_memory_bytes") or 0) / 2**20, 1),
+        "signals": sum(m.get("signals", 0) for m in progress), "rejected": sum(m.get("rejected", 0) for m in progress),
+    }
+
+
+def _dir_mb(path: Path) -> float:
+    return round(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20, 2) if path.exists() else 0.0
+
+
+def ceiling(settings: Settings, work: Path) -> dict:
+    """(a) what Spark itself reads: Kafka -> from_json -> noop, availableNow."""
+    from pyspark.sql import functions as F
+
+    from marketsignals.stream.source import read_ticks
+
+    spark = _session(settings)
+    listener = MetricsListener(str(work / "ceiling.jsonl"))
+    spark.streams.addListener(listener)
+    parsed = read_ticks(spark, settings.kafka).select(
+        F.from_json(F.col("value").cast("string"), RAW_TICK_SCHEMA).alias("t"))
+    started = time.monotonic()
+    query = (parsed.writeStream.format("noop").option("checkpointLocation", str(work / "ceiling-cp"))
+             .trigger(availableNow=True).start())
+    query.awaitTermination()
+    listener.terminated.wait(30)
+    wall = time.monotonic() - started
+    return _summary(_progress(work / "ceiling.jsonl"), wall)
+
+
+def product(settings: Settings, work: Path) -> dict:
+    """(b) the product: start_stream with availableNow over the pre-loaded topic."""
+    from marketsignals.stream.job import start_stream
+
+    spark = _session(settings)
+    listener = MetricsListener(settings.stream.metrics_path)
+    started = time.monotonic()
+    query = start_stream(spark, settings, listener=listener)
+    query.awaitTermination()
+    listener.terminated.wait(30)
+    wall = time.monotonic() - started
+    if query.exception() is not None:
+        raise RuntimeError(str(query.exception()))
+    out = _summary(_progress(Path(settings.stream.metrics_path)), wall)
+    out["state_dir_mb"] = _dir_mb(Path(settings.stream.checkpoint) / "state")
+    out["audit_rows"] = spark.read.format("delta").load(settings.stream.audit_table).count() if out["signals"] else 0
+    return out
+
+
+def latency(settings: Settings, work: Path, rate: float, seconds: float, records: str, catch_up_s: float) -> dict:
+    """(d) the job on its default trigger while the feeder sends ``rate`` ticks/s for ``seconds``."""
+    from bench.workload import start_feeder, wait_feeder
+    from marketsignals.stream.job import start_stream
+
+    spark = _session(settings)
+    listener = MetricsListener(settings.stream.metrics_path)
+    query = start_stream(spark, settings, listener=listener)
+    deadline = time.monotonic() + 300
+    while query.isActive and query.lastProgress is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # the first (empty) batch fixes the starting offsets at "latest"
+    feeder = start_feeder(settings.kafka.bootstrap_servers, Path(records), settings.kafka.tick_topics, rate, seconds)
+    fed = wait_feeder(feeder)
+    fed_at = time.monotonic()
+    # let the job drain what is left (bounded): the lag after the feed stops says if it kept up
+    while query.isActive and time.monotonic() - fed_at < catch_up_s:
+        lines = _progress(Path(settings.stream.metrics_path))
+        if lines and lines[-1]["input_rows"] == 0 and sum(m["input_rows"] for m in lines) >= fed["sent"]:
+            break
+        time.sleep(1.0)
+    drained_s = time.monotonic() - fed_at
+    query.stop()
+    listener.terminated.wait(30)
+    progress = _progress(Path(settings.stream.metrics_path))
+    consumed = sum(m["input_rows"] for m in progress)
+    lat = signal_latencies(settings)
+    busy = [m for m in progress if m["input_rows"] > 0]
+    lags = [max(m["kafka_lag"].values(), default=0.0) for m in busy if m.get("kafka_lag")]
+    half = lags[len(lags) // 2:] if lags else []
+    sustained = bool(consumed >= fed["sent"] * 0.99 and drained_s < min(catch_up_s, 10.0)
+                     and (not half or half[-1] <= max(half[0] * 1.5, rate * 3)))
+    return {
+        "rate": rate, "seconds": seconds, "feeder": fed, "consumed": consumed, "drain_s": round(drained_s, 1),
+        "sustained": sustained, "max_lag_ticks": max(lags, default=0.0),
+        "batch_ms_median": median([m["batch_duration_ms"] for m in busy]) if busy else None,
+        "batch_ms_max": max((m["batch_duration_ms"] for m in busy), default=None),
+        "add_batch_ms_median": median([m["duration_ms"].get("addBatch", 0) for m in busy]) if busy else None,
+        "batches": len(busy), **lat,
+    }
+
+
+def signal_latencies(settings: Settings) -> dict:
+    """Kafka timestamp of each signal minus its tick's event time (the Feeder stamps the tick's
+    event time and its Kafka timestamp with the same millisecond)."""
+    import numpy as np
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(settings.kafka.signals_topic, bootstrap_servers=settings.kafka.bootstrap_servers,
+                             auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=3000,
+                             max_partition_fetch_bytes=8 * 2**20)
+    lat = []
+    try:
+        for msg in consumer:
+            event = json.loads(msg.value)["event_time"]
+            event_ms = datetime.fromisoformat(event.replace("Z", "+00:00")).timestamp() * 1000
+            lat.append(msg.timestamp - event_ms)
+    finally:
+        consumer.close()
+    if not lat:
+        return {"signals": 0}
+    arr = np.array(lat)
+    return {"signals": len(lat), "p50_ms": round(float(np.percentile(arr, 50)), 1),
+            "p95_ms": round(float(np.percentile(arr, 95)), 1), "p99_ms": round(float(np.percentile(arr, 99)), 1),
+            "max_ms": round(float(arr.max()), 1)}
+
+
+def main(argv: list[str]) -> int:
+    from bench.env import bench_settings
+
+    scenario, args = argv[0], json.loads(argv[1])
+    work = Path(args["work"])
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    settings = bench_settings(args["bootstrap"], *args["overrides"], f"stream.checkpoint={work}/checkpoint",
+                              f"stream.audit_table={work}/audit", f"stream.metrics_path={work}/metrics.jsonl")
+    if scenario == "ceiling":
+        result = ceiling(settings, work)
+    elif scenario == "product":
+        result = product(settings, work)
+    elif scenario == "latency":
+        result = latency(settings, work, args["rate"], args["seconds"], args["records"], args.get("catch_up_s", 60))
+    else:
+        raise SystemExit(f"unknown scenario {scenario}")
+    print("BENCH-RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

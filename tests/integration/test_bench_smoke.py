@@ -1,0 +1,33 @@
+"""The benchmark harness (bench/, `make bench`) runs end to end on a tiny input and writes its
+results. A smoke test only: the numbers are not checked -- a benchmark never fails CI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_harness_writes_its_json_table_and_chart(kafka_broker, tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.chdir(ROOT)
+    from bench import run
+
+    code = run.main(["--bootstrap", kafka_broker.bootstrap, "--ticks", "3000", "--symbols", "20",
+                     "--scale-symbols", "200", "--rates", "300", "--rate-seconds", "4", "--partitions", "1",
+                     "--set", "spark.conf.spark.sql.execution.arrow.maxRecordsPerBatch=5000",
+                     "--out", str(tmp_path)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "(b) product" in printed and "b/a =" in printed and "feed rate" in printed
+    [result] = tmp_path.glob("*.json")
+    runs = json.loads(result.read_text())["runs"]
+    assert {"a_ceiling", "b_product", "c_simple", "e_scale", "d_latency_300"} <= runs.keys()
+    for name in ("a_ceiling", "b_product", "c_simple", "e_scale"):
+        assert "error" not in runs[name], runs[name]["error"]
+        assert runs[name]["ticks"] > 0
+    assert list(tmp_path.glob("*.png"))
