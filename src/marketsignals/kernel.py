@@ -151,6 +151,19 @@ def columns_of(frame: pd.DataFrame) -> Columns:
     return ticks
 
 
+# The valid ticks' dtypes. Arrow hands a group's frame to pandas with an int64 column as float64 when
+# the frame also holds a validation reject (null timestamp or volume): whether it does depends on the
+# batch cut, so without this the duplicate keys of one tick were spelled "476880" in one batch and
+# "476880.0" in another, and a copy arriving a batch later was processed twice (the soak found it).
+_DTYPES = {TS_MS: np.int64, VOLUME: np.int64, PRICE: np.float64, BID: np.float64, ASK: np.float64,
+           PARTITION: np.int32, OFFSET: np.int64}
+
+
+def _typed(ticks: Columns) -> Columns:
+    return {k: v.astype(_DTYPES[k], copy=False) if k in _DTYPES and v.dtype != _DTYPES[k] else v
+            for k, v in ticks.items()}
+
+
 def process(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
             watermark_ms: int | None) -> KernelResult:
     """Run one symbol's new ``ticks`` (see :func:`columns_of`) through ordering, lateness,
@@ -163,6 +176,7 @@ def process(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
         if bad.any():
             out.add_rejects(_take(ticks, bad), ticks[REASON][bad])
             ticks = _take(ticks, ~bad)
+    ticks = _typed(ticks)
     n = _length(ticks)
     high_water = state.high_water
     if n and watermark_ms is not None:

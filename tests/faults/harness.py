@@ -373,10 +373,17 @@ def assert_audit_exactly(actual: list[dict], expected: dict[str, dict]) -> dict[
     assert not duplicated, f"{len(duplicated)} signal ids appear more than once in the audit table"
     assert not lost, f"{len(lost)} expected signals are missing from the audit table, e.g. {expected[lost[0]]}"
     assert not extra, f"{len(extra)} audit signals are not expected, e.g. {extra[:3]}"
+    differing = {}
     for row in actual:
         want = expected[row["signal_id"]]
         diff = {k: (row[k], want.get(k)) for k in row if not _same_value(row[k], want.get(k))}
-        assert not diff, f"signal {row['signal_id']} differs from the oracle: {diff}"
+        if diff:
+            differing[row["signal_id"]] = (row["symbol"], row["event_time"], diff)
+    # all of them, not the first: one differing signal (a one-off) reads differently from a whole run
+    # of a symbol's signals (its state went wrong from some batch on)
+    assert not differing, (f"{len(differing)} of {len(actual)} audit signals differ from the oracle (symbol, "
+                           f"event time, {{column: (audit, oracle)}}): "
+                           + "; ".join(f"{k} {v}" for k, v in list(differing.items())[:5]))
     return {"audit_rows": len(actual), "expected_signals": len(expected), "lost": 0, "duplicates": 0}
 
 

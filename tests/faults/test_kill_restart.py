@@ -95,7 +95,11 @@ def _kill_restart_cycle(spark, kafka_broker, tmp_path, figures, kills: int, coun
             _wait_for_moment(job, settings, moment, rng, timeout_s=240)
             assert job.alive(), f"the job exited on its own before kill {i + 1} ({moment}):\n{job.output()}"
             job.kill9()
-            phases[Progress.of(settings).phase] += 1
+            at = Progress.of(settings)
+            phases[at.phase] += 1
+            # printed, so a failure's captured output tells which batches each kill cut
+            print(f"kill {i + 1} ({moment}): {at.phase}, offsets log {at.planned}, commit log {at.committed}, "
+                  f"audit {at.audited}", flush=True)
     except BaseException:
         feeder.stop.set()
         raise

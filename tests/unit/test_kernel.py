@@ -60,6 +60,32 @@ def test_exact_duplicates_are_rejected_once_seen_within_and_across_calls():
     assert rejects(other) == [] and other.processed == 1
 
 
+
+def with_validation_reject(frame):
+    """``frame`` as Arrow hands it to pandas when the group also has a validation reject: its null
+    timestamp and volume turn those int64 columns into float64 (NaN)."""
+    n = len(frame)
+    out = {c: [*frame[c], None] for c in frame.columns}
+    out.update(topic=[*frame.topic, "t"], partition=[*frame.partition, 0], offset=[*frame.offset, 99],
+               reason=[None] * n + ["not_json"], raw=[None] * n + ["{"])
+    out = pd.DataFrame(out)
+    out["ts_ms"], out["volume"] = out["ts_ms"].astype(float), out["volume"].astype(float)
+    return out
+
+
+def test_a_duplicate_is_caught_whatever_dtypes_its_batch_arrived_with():
+    # the soak's many-kills finding: the first batch had a validation reject in the symbol's frame
+    # (float columns), the copy came in the next batch (int columns): the duplicate keys must agree
+    first = run(with_validation_reject(ticks([T0, T0 + 1000], price=[10.0, 11.0])))
+    assert rejects(first) == ["not_json"] and first.processed == 2
+    again = run(ticks([T0 + 1000], price=[11.0], offsets=[3]), state=first.state)
+    assert rejects(again) == ["duplicate"] and again.processed == 0
+    # and the other way round
+    plain = run(ticks([T0, T0 + 1000], price=[10.0, 11.0]))
+    copy = run(with_validation_reject(ticks([T0 + 1000], price=[11.0], offsets=[3])), state=plain.state)
+    assert sorted(rejects(copy)) == ["duplicate", "not_json"] and copy.processed == 0
+    assert first.state.recent == plain.state.recent
+
 def test_arrival_mode_rejects_ticks_older_than_the_last_processed_one():
     first = run(ticks([T0 + 10_000, T0 + 11_000]))
     older = run(ticks([T0 + 5_000, T0 + 12_000], offsets=[5, 6]), state=first.state)
