@@ -63,6 +63,30 @@ def _stat(pid: int) -> tuple[float, int]:
     return (int(fields[11]) + int(fields[12])) / _TICKS, int(fields[21]) * _PAGE
 
 
+# JVM thread names (/proc/<pid>/task/<tid>/comm, cut at 15 characters) -> what the CPU went to
+_JVM_THREADS = (("C2 Compiler", "jit"), ("C1 Compiler", "jit"), ("GC Thread", "gc"), ("G1 ", "gc"),
+                ("Executor task", "tasks"), ("stream executio", "stream_driver"), ("Thread-", "py4j"))
+
+
+def jvm_threads(pid: int) -> dict[str, float]:
+    """CPU seconds of one JVM by thread group: JIT compilers, garbage collector, Spark task threads,
+    the stream execution thread (planning, commits), and the rest."""
+    out: dict[str, float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        group = next((g for prefix, g in _JVM_THREADS if name.startswith(prefix)), "other")
+        out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
+    return out
+
+
 @dataclass
 class Sampler:
     """Samples a process tree every ``interval`` seconds: peak RSS by kind, CPU seconds by kind
@@ -74,6 +98,7 @@ class Sampler:
     series: list[tuple[float, dict[str, int]]] = field(default_factory=list)
     _cpu: dict[int, tuple[str, float]] = field(default_factory=dict)
     _base: dict[int, float] = field(default_factory=dict)
+    _jvm: dict[int, dict[str, float]] = field(default_factory=dict)  # live threads only: a lower bound
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _t0: float = 0.0
@@ -94,6 +119,8 @@ class Sampler:
                 continue
             cpu, mem = _stat(pid)
             self._cpu[pid] = (k, cpu - self._base.get(pid, 0.0))
+            if k == "jvm":
+                self._jvm[pid] = jvm_threads(pid)
             rss[k] = rss.get(k, 0) + mem
         for k, v in rss.items():
             self.peak_rss[k] = max(self.peak_rss.get(k, 0), v)
@@ -112,6 +139,11 @@ class Sampler:
         cpu: dict[str, float] = {}
         for k, c in self._cpu.values():
             cpu[k] = cpu.get(k, 0.0) + c
+        threads: dict[str, float] = {}
+        for groups in self._jvm.values():
+            for g, v in groups.items():
+                threads[g] = threads.get(g, 0.0) + v
         return {"peak_rss_mb": {k: round(v / 2**20, 1) for k, v in self.peak_rss.items()},
                 "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
+                "jvm_cpu_s_by_thread": {k: round(v, 1) for k, v in sorted(threads.items())},
                 "cpu_s_total": round(sum(cpu.values()), 2)}
