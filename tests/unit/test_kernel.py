@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import types as T
 
 from marketsignals import kernel
 from marketsignals.kernel import KernelConfig, SymbolState
@@ -23,8 +24,8 @@ def ticks(ts, price=None, offsets=None, volume=500_000, exchange="XNAS"):
     })
 
 
-def run(frame, state=None, cfg=CFG, watermark=0):
-    return kernel.process("AAPL", kernel.columns_of(frame), state or SymbolState(), cfg, watermark)
+def run(frame, state=None, cfg=CFG, watermark=0, packed=False):
+    return kernel.process("AAPL", kernel.columns_of(frame), state or SymbolState(), cfg, watermark, packed=packed)
 
 
 def rejects(result):
@@ -195,3 +196,29 @@ def test_any_cut_gives_the_same_signals(cut):
     b = pieces[pieces.kind == "signal"].reset_index(drop=True)
     assert len(a) > 0
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_packed_output_holds_the_same_rows_as_the_wide_output():
+    import json
+    import math
+
+    frame = with_validation_reject(ticks([T0 + i * 1000 for i in range(40)] + [T0 + 39_000],
+                                         price=[100.0 + i * 0.37 for i in range(40)] + [100.0 + 39 * 0.37]))
+    wide = run(frame, cfg=KernelConfig(strategy=StrategySettings(), emission="every"))
+    packed = run(frame, cfg=KernelConfig(strategy=StrategySettings(), emission="every"), packed=True)
+    assert list(packed.output.columns) == [kernel.KIND, kernel.RECORD]
+    assert packed.output.kind.tolist() == wide.output.kind.tolist()
+    assert set(wide.output.kind) == {"signal", "reject", "count"}
+    for (_, row), record in zip(wide.output.iterrows(), packed.output.record, strict=True):
+        got = json.loads(record)
+        for col in kernel.OUTPUT_COLUMNS[1:]:
+            want = row[col]
+            if want is None or (isinstance(want, float) and math.isnan(want) and col not in got):
+                assert col not in got or got[col] is None, col
+            elif isinstance(want, float) and math.isnan(want):
+                assert math.isnan(got[col]), col
+            else:
+                assert got[col] == want, col
+                # the JVM parses the JSON into OUTPUT_SCHEMA: an integral field must be a JSON integer
+                integral = isinstance(kernel.OUTPUT_SCHEMA[col].dataType, T.IntegralType)
+                assert isinstance(got[col], int) == integral or isinstance(got[col], str), col

@@ -79,12 +79,13 @@ def signal_stream(raw: DataFrame, settings: Settings) -> DataFrame:
     delay_ms = settings.stream.watermark_delay_ms
     ticks = validated_ticks(raw, settings).withWatermark(EVENT_TIME, settings.stream.watermark_delay)
     marker = F.lit(None).cast("timestamp").alias(EVENT_TIME, metadata={WATERMARK_DELAY_KEY: delay_ms})
-    return (
-        ticks.withColumn(EVENT_TIME, marker)
+    out = (
+        ticks.select(SYMBOL, marker, state.packed_tick())
         .groupBy(SYMBOL)
-        .applyInPandasWithState(state.make_handler(kernel_config(settings)), kernel.OUTPUT_SCHEMA,
+        .applyInPandasWithState(state.make_handler(kernel_config(settings)), kernel.PACKED_OUTPUT_SCHEMA,
                                 state.STATE_SCHEMA, "append", GroupStateTimeout.EventTimeTimeout)
     )
+    return state.unpacked_output(out)
 
 
 def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListener | None = None) -> StreamingQuery:
