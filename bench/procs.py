@@ -54,13 +54,17 @@ def kind(pid: int) -> str:
     return "other"
 
 
-def _stat(pid: int) -> tuple[float, int]:
-    """(cpu seconds, rss bytes)."""
+def _stat_file(path: Path) -> tuple[float, int]:
+    """(cpu seconds, rss bytes) from a /proc stat file, of a process or of one of its threads."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = path.read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0, 0
     return (int(fields[11]) + int(fields[12])) / _TICKS, int(fields[21]) * _PAGE
+
+
+def _stat(pid: int) -> tuple[float, int]:
+    return _stat_file(Path(f"/proc/{pid}/stat"))
 
 
 # JVM thread names (/proc/<pid>/task/<tid>/comm, cut at 15 characters) -> what the CPU went to
@@ -79,11 +83,10 @@ def jvm_threads(pid: int) -> dict[str, float]:
     for task in tasks:
         try:
             name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         group = next((g for prefix, g in _JVM_THREADS if name.startswith(prefix)), "other")
-        out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
+        out[group] = out.get(group, 0.0) + _stat_file(task / "stat")[0]
     return out
 
 

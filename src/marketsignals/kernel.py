@@ -163,12 +163,12 @@ def columns_of(frame: pd.DataFrame) -> Columns:
 # the frame also holds a validation reject (null timestamp or volume): whether it does depends on the
 # batch cut, so without this the duplicate keys of one tick were spelled "476880" in one batch and
 # "476880.0" in another, and a copy arriving a batch later was processed twice (the soak found it).
-_DTYPES = {TS_MS: np.int64, VOLUME: np.int64, PRICE: np.float64, BID: np.float64, ASK: np.float64,
+TICK_DTYPES = {TS_MS: np.int64, VOLUME: np.int64, PRICE: np.float64, BID: np.float64, ASK: np.float64,
            PARTITION: np.int32, OFFSET: np.int64}
 
 
 def _typed(ticks: Columns) -> Columns:
-    return {k: v.astype(_DTYPES[k], copy=False) if k in _DTYPES and v.dtype != _DTYPES[k] else v
+    return {k: v.astype(TICK_DTYPES[k], copy=False) if k in TICK_DTYPES and v.dtype != TICK_DTYPES[k] else v
             for k, v in ticks.items()}
 
 
@@ -347,7 +347,6 @@ class _Output:
             data[col] = np.concatenate(pieces)
         return pd.DataFrame(data, copy=False)
 
-
     def packed(self, processed: int) -> pd.DataFrame:
         """The rows of :meth:`frame` as PACKED_OUTPUT_SCHEMA: kind + the non-null fields as JSON."""
         kinds, records = [], []
@@ -357,7 +356,7 @@ class _Output:
                 records.append(json.dumps({k: v for k, v in zip(names, values, strict=True) if v is not None}))
             kinds.extend(part[KIND].tolist())
         kinds.append(KIND_COUNT)
-        records.append(f'{{"{SYMBOL}":{json.dumps(self.symbol)},"{PROCESSED}":{int(processed)}}}')
+        records.append(json.dumps({SYMBOL: self.symbol, PROCESSED: int(processed)}))
         return pd.DataFrame({KIND: kinds, RECORD: records})
 
 

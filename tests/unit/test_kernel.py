@@ -61,7 +61,6 @@ def test_exact_duplicates_are_rejected_once_seen_within_and_across_calls():
     assert rejects(other) == [] and other.processed == 1
 
 
-
 def with_validation_reject(frame):
     """``frame`` as Arrow hands it to pandas when the group also has a validation reject: its null
     timestamp and volume turn those int64 columns into float64 (NaN)."""
@@ -86,6 +85,7 @@ def test_a_duplicate_is_caught_whatever_dtypes_its_batch_arrived_with():
     copy = run(with_validation_reject(ticks([T0 + 1000], price=[11.0], offsets=[3])), state=plain.state)
     assert sorted(rejects(copy)) == ["duplicate", "not_json"] and copy.processed == 0
     assert first.state.recent == plain.state.recent
+
 
 def test_arrival_mode_rejects_ticks_older_than_the_last_processed_one():
     first = run(ticks([T0 + 10_000, T0 + 11_000]))

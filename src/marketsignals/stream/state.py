@@ -22,7 +22,7 @@ from pyspark.sql.streaming.state import GroupState
 
 from marketsignals import kernel
 from marketsignals.kernel import Columns, KernelConfig, SymbolState
-from marketsignals.schema import ASK, BID, EXCHANGE, OFFSET, PARTITION, PRICE, RAW, REASON, TOPIC, TS_MS, VOLUME
+from marketsignals.schema import EXCHANGE, RAW, REASON, TOPIC
 
 # The handler's input besides the key: each tick's fields as one JSON text (nulls left out).
 # applyInPandasWithState turns every input column of every group into a pandas Series of its own;
@@ -30,9 +30,8 @@ from marketsignals.schema import ASK, BID, EXCHANGE, OFFSET, PARTITION, PRICE, R
 # 10,000 symbols (py-spy: 36 % of their time), one column per group is far cheaper to hand over and
 # the JSON is parsed in one pass. Doubles come back exactly: Java's Double.toString round-trips.
 PACKED = "tick"
-PACKED_FIELDS: dict[str, type] = {TS_MS: np.int64, PRICE: np.float64, VOLUME: np.int64, BID: np.float64,
-                                  ASK: np.float64, EXCHANGE: object, TOPIC: object, PARTITION: np.int32,
-                                  OFFSET: np.int64, REASON: object, RAW: object}
+PACKED_FIELDS: dict[str, type] = {**kernel.TICK_DTYPES, EXCHANGE: object, TOPIC: object, REASON: object,
+                                  RAW: object}
 
 
 def packed_tick() -> Column:
