@@ -56,6 +56,13 @@ CASES = [
     (_tick(bid=10.6), None),  # bid == ask is allowed
     (_tick(exchange=" "), "invalid_exchange"),
     (_tick(currency="US"), "invalid_currency"),
+    (_tick(price="10.5"), None),  # a quoted number is a number
+    (_tick(volume="100"), None),
+    (_tick(timestamp=str(NOW - 1000)), None),
+    (_tick(price=10), None),
+    (_tick(volume=10**20), "wrong_type"),  # beyond a long
+    (_tick(price="Infinity"), "invalid_price"),
+    (_tick(bid="1e400", ask=1e400), "invalid_quote"),
 ]
 
 
