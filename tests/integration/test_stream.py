@@ -168,7 +168,10 @@ def test_every_bad_tick_kind_is_dead_lettered_with_its_reason(spark, kafka_broke
     stats = kafka_broker.produce(settings, feed.FeedOptions(
         symbols=feed.symbol_names(8), count=4000, rate=200, start_ms=START_MS, seed=14,
         topics=tuple(settings.kafka.topics), bad={k: fraction for k in feed.BAD_KINDS}))
+    persisted_before = spark.sparkContext._jsc.getPersistentRDDs().size()
     metrics = run_available_now(spark, settings)
+    # each batch's materialised rows are freed once the batch is written, not left to a driver GC
+    assert spark.sparkContext._jsc.getPersistentRDDs().size() == persisted_before
     letters = kafka_broker.consume_json(settings, settings.kafka.dead_letter_topic)
     by_reason: dict[str, int] = {}
     for letter in letters:
