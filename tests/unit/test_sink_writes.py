@@ -1,0 +1,46 @@
+"""The sink's concurrent writes and its materialised batch, on a local SparkSession (no Kafka)."""
+
+import threading
+
+import pytest
+
+from marketsignals.stream.sinks import materialised, release, run_together
+
+
+def test_the_writes_run_at_the_same_time(spark):
+    # each write waits for the other to have started: run one after the other, they would time out
+    started = {name: threading.Event() for name in ("kafka", "audit")}
+
+    def write(me: str, other: str):
+        def go() -> None:
+            started[me].set()
+            assert started[other].wait(timeout=20), f"{me} ran alone"
+        return go
+
+    took = run_together({"kafka": write("kafka", "audit"), "audit": write("audit", "kafka")})
+    assert set(took) == {"kafka", "audit"}
+
+
+@pytest.mark.parametrize("failing", ["kafka", "audit"])  # on the helper thread / on the caller's thread
+def test_a_failed_write_fails_the_batch_after_the_other_write_finished(spark, failing):
+    finished = []
+
+    def write(name: str):
+        def go() -> None:
+            if name == failing:
+                raise RuntimeError(f"{name} broke")
+            finished.append(name)
+        return go
+
+    with pytest.raises(RuntimeError, match=f"{failing} broke"):
+        run_together({"kafka": write("kafka"), "audit": write("audit")})
+    assert finished == [n for n in ("kafka", "audit") if n != failing]
+
+
+def test_a_materialised_batch_keeps_its_rows_and_is_freed(spark):
+    persisted = spark.sparkContext._jsc.getPersistentRDDs().size()
+    batch = materialised(spark.range(100).selectExpr("id", "id % 7 AS k").filter("k = 3"))
+    assert spark.sparkContext._jsc.getPersistentRDDs().size() == persisted + 1
+    assert batch.count() == 14 and batch.filter("id > 50").count() == 7
+    release(batch)
+    assert spark.sparkContext._jsc.getPersistentRDDs().size() == persisted
