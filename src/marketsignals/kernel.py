@@ -164,7 +164,7 @@ def columns_of(frame: pd.DataFrame) -> Columns:
 # batch cut, so without this the duplicate keys of one tick were spelled "476880" in one batch and
 # "476880.0" in another, and a copy arriving a batch later was processed twice (the soak found it).
 TICK_DTYPES = {TS_MS: np.int64, VOLUME: np.int64, PRICE: np.float64, BID: np.float64, ASK: np.float64,
-           PARTITION: np.int32, OFFSET: np.int64}
+               PARTITION: np.int32, OFFSET: np.int64}
 
 
 def _typed(ticks: Columns) -> Columns:
