@@ -147,6 +147,10 @@ def test_audit_table_is_exactly_once_after_a_forced_replay(spark, kafka_broker):
                                                     start_ms=START_MS, seed=13, topics=tuple(settings.kafka.topics)))
     run_available_now(spark, settings)
     before = sorted(r.signal_id for r in audit(spark, settings).select("signal_id").collect())
+    # the table the sink's first write created carries the configured Delta properties
+    created = spark.sql(f"DESCRIBE DETAIL delta.`{settings.stream.audit_table}`").first()["properties"]
+    assert settings.stream.audit_table_properties.items() <= created.items(), created
+    assert created["delta.dataSkippingNumIndexedCols"] == "2"
     commits = Path(settings.stream.checkpoint) / "commits"
     last = max(int(p.name) for p in commits.iterdir() if p.name.isdigit())
     (commits / str(last)).unlink()  # as Spark's own tests do: the last batch runs again

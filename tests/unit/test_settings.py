@@ -36,6 +36,22 @@ def test_dict_valued_settings_take_dotted_keys():
     assert s.spark.conf["spark.sql.shuffle.partitions"] == "8"
 
 
+def test_audit_table_properties_default_to_the_profile_and_take_dotted_keys(tmp_path):
+    s = load_settings("local", ["stream.audit_table_properties.delta.checkpointInterval=10"], env={})
+    assert s.stream.audit_table_properties == {"delta.dataSkippingNumIndexedCols": "2",
+                                               "delta.checkpointInterval": "10"}
+    # YAML numbers and booleans become the text Delta expects
+    conf = tmp_path / "p.yaml"
+    conf.write_text("stream:\n  audit_table_properties: {delta.checkpointInterval: 50, delta.appendOnly: true}\n")
+    s = load_settings(conf_file=conf, env={})
+    assert s.stream.audit_table_properties == {"delta.checkpointInterval": "50", "delta.appendOnly": "true"}
+
+
+def test_an_audit_table_property_outside_delta_is_refused():
+    with pytest.raises(SettingsError, match=r"stream\.audit_table_properties.*delta\.<name>.*'checkpointInterval'"):
+        load_settings("local", ["stream.audit_table_properties.checkpointInterval=10"], env={})
+
+
 @pytest.mark.parametrize(("override", "names"), [
     ("stream.ordering=sideways", ["stream.ordering", "arrival", "event_time"]),
     ("kafka.partitions=zero", ["kafka.partitions", "zero"]),

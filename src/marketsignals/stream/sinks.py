@@ -133,6 +133,7 @@ class SignalSink:
                 # one task, so one file per event date per batch (not one per shuffle partition)
                 audit = (signals.withColumn(EVENT_DATE, F.to_date(EVENT_TIME)).coalesce(1)
                          .write.format("delta").mode("append").partitionBy(EVENT_DATE)
+                         .options(**self.settings.stream.audit_table_properties)  # used when it creates the table
                          .option("txnAppId", self.app_id(out)).option("txnVersion", batch_id))
                 writes["audit"] = functools.partial(audit.save, self.settings.stream.audit_table)
             phase_ms.update(run_together(writes))
