@@ -22,7 +22,12 @@ from pyspark.sql.streaming.state import GroupState
 
 from marketsignals import kernel
 from marketsignals.kernel import Columns, KernelConfig, SymbolState
+from marketsignals.pyworker import keep_archive_directories
 from marketsignals.schema import EXCHANGE, RAW, REASON, TOPIC
+
+# A Spark Python worker imports this module to run the handler: from then on its tasks no longer
+# re-read every zip archive on its path (pyworker; a no-op in the driver and on Python 3.12+).
+keep_archive_directories()
 
 # The handler's input besides the key: each tick's fields as one JSON text (nulls left out).
 # applyInPandasWithState turns every input column of every group into a pandas Series of its own;
