@@ -170,30 +170,34 @@ def batch_ids(folder: Path) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
-def audit_txn_versions(audit: Path) -> set[int]:
-    """The txnVersions (= batch ids) recorded in the audit table's Delta log."""
-    versions: set[int] = set()
+def audited_batch_ids(audit: Path) -> set[int]:
+    """The batch ids the audit table's Delta log records: the sink tags each commit's userMetadata
+    with its batch, and the run's first audit write also records Delta's txnVersion."""
+    batches: set[int] = set()
     log = audit / "_delta_log"
     if not log.is_dir():
-        return versions
+        return batches
     for entry in log.glob("*.json"):
         try:
             lines = entry.read_text().splitlines()
         except OSError:
             continue
         for line in lines:
-            if '"txn"' in line:
-                try:
-                    versions.add(int(json.loads(line)["txn"]["version"]))
-                except (ValueError, KeyError):
-                    continue
-    return versions
+            try:
+                action = json.loads(line)
+                if "txn" in action:
+                    batches.add(int(action["txn"]["version"]))
+                elif "commitInfo" in action and action["commitInfo"].get("userMetadata"):
+                    batches.add(int(json.loads(action["commitInfo"]["userMetadata"])["batch"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a commit file still being written, or another writer's metadata
+    return batches
 
 
 @dataclass(frozen=True)
 class Progress:
     """Where the query stood: last planned batch (offset log), last committed (commit log), last batch
-    the audit table has (Delta txn)."""
+    the audit table has (its commits' batch tags)."""
 
     planned: int
     committed: int
@@ -203,7 +207,7 @@ class Progress:
     def of(cls, settings: Settings) -> Progress:
         cp = Path(settings.stream.checkpoint)
         offsets, commits = batch_ids(cp / "offsets"), batch_ids(cp / "commits")
-        audited = audit_txn_versions(Path(settings.stream.audit_table))
+        audited = audited_batch_ids(Path(settings.stream.audit_table))
         return cls(offsets[-1] if offsets else -1, commits[-1] if commits else -1, max(audited, default=-1))
 
     @property

@@ -73,6 +73,18 @@ def assert_same_signals(actual: list[dict], expected: list[dict]) -> None:
                 assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), (col, a, b, exp)
 
 
+def audit_log_batches(table: Path) -> tuple[set[int], set[int]]:
+    """The batch ids in the audit table's Delta log: its commits' userMetadata tags, and Delta txn versions."""
+    tagged, txn = set(), set()
+    for commit in (table / "_delta_log").glob("*.json"):
+        for action in map(json.loads, commit.read_text().splitlines()):
+            if "txn" in action:
+                txn.add(action["txn"]["version"])
+            elif (action.get("commitInfo") or {}).get("userMetadata"):
+                tagged.add(json.loads(action["commitInfo"]["userMetadata"])["batch"])
+    return tagged, txn
+
+
 def audit_rows(spark, settings) -> list[dict]:
     return [r.asDict() for r in audit(spark, settings).select("signal_id", "action", *NUMERIC).collect()]
 
@@ -145,7 +157,12 @@ def test_audit_table_is_exactly_once_after_a_forced_replay(spark, kafka_broker):
     settings = kafka_broker.isolated("replay", "kafka.max_offsets_per_trigger=500")
     kafka_broker.produce(settings, feed.FeedOptions(symbols=feed.symbol_names(5), count=1500, rate=200,
                                                     start_ms=START_MS, seed=13, topics=tuple(settings.kafka.topics)))
-    run_available_now(spark, settings)
+    # without the closing no-data batch (timeouts only, no signals) the replayed batch is one with signals
+    spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", "false")
+    try:
+        run_available_now(spark, settings)
+    finally:
+        spark.conf.unset("spark.sql.streaming.noDataMicroBatches.enabled")
     before = sorted(r.signal_id for r in audit(spark, settings).select("signal_id").collect())
     # the table the sink's first write created carries the configured Delta properties
     created = spark.sql(f"DESCRIBE DETAIL delta.`{settings.stream.audit_table}`").first()["properties"]
@@ -153,6 +170,10 @@ def test_audit_table_is_exactly_once_after_a_forced_replay(spark, kafka_broker):
     assert created["delta.dataSkippingNumIndexedCols"] == "2"
     commits = Path(settings.stream.checkpoint) / "commits"
     last = max(int(p.name) for p in commits.iterdir() if p.name.isdigit())
+    # the last batch is audited, tagged in its commit, and is not the run's first audited batch: only
+    # the sink's own check (not Delta's txnVersion, passed once per run) can skip its replay
+    tagged, txn = audit_log_batches(Path(settings.stream.audit_table))
+    assert last in tagged and len(txn) == 1 and last not in txn, (last, tagged, txn)
     (commits / str(last)).unlink()  # as Spark's own tests do: the last batch runs again
     (commits / f".{last}.crc").unlink(missing_ok=True)  # the local file system's checksum of it
     metrics = run_available_now(spark, settings)

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from marketsignals.stream.sinks import materialised, release, run_together
+from marketsignals.stream.sinks import audit_commit_tag, last_audited_batch, materialised, release, run_together
 
 
 def test_the_writes_run_at_the_same_time(spark):
@@ -44,3 +44,22 @@ def test_a_materialised_batch_keeps_its_rows_and_is_freed(spark):
     assert batch.count() == 14 and batch.filter("id > 50").count() == 7
     release(batch)
     assert spark.sparkContext._jsc.getPersistentRDDs().size() == persisted
+
+
+def test_the_last_audited_batch_is_the_newest_commit_tagged_with_the_query(spark, tmp_path):
+    table = str(tmp_path / "audit")
+    assert last_audited_batch(spark, table, "q-a") == -1  # no table yet
+
+    def append(tag: str | None) -> None:
+        writer = spark.range(1).write.format("delta").mode("append")
+        (writer.option("userMetadata", tag) if tag else writer).save(table)
+
+    for tag in (audit_commit_tag("q-a", 3), audit_commit_tag("q-a", 4), audit_commit_tag("q-b", 9),
+                None, "not json", audit_commit_tag("q-b", 10)):
+        append(tag)
+    assert last_audited_batch(spark, table, "q-a") == 4
+    assert last_audited_batch(spark, table, "q-b") == 10
+    assert last_audited_batch(spark, table, "q-c") == -1
+    # read a page of one commit at a time: q-a's newest is five commits back
+    assert last_audited_batch(spark, table, "q-a", pages=(1, 2)) == 4
+    assert last_audited_batch(spark, table, "q-c", pages=(1, 2)) == -1
