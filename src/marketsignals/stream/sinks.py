@@ -6,8 +6,8 @@ in the checkpoint, so stable across restarts and new if the checkpoint is delete
 in the commit's ``userMetadata``. Spark replays a batch only after a restart, and within one run batch
 ids only grow, so the sink checks once per run, at its first audit write: it skips a batch the table
 already holds, by the newest commit of this query in the table's history, and by Delta's own
-``txnAppId``/``txnVersion``, which that write also passes (tables written before 2026-11-29 hold only
-those). Delta checks ``txnVersion`` by rebuilding the table's state, three Spark jobs and ~0.4 s on
+``txnAppId``/``txnVersion``, which that write also passes (tables written by earlier versions hold
+only those). Delta checks ``txnVersion`` by rebuilding the table's state, three Spark jobs and ~0.4 s on
 every batch (README, Performance): once per run is enough. Kafka delivery is at-least-once (Spark 4.0
 has no transactional Kafka sink); consumers deduplicate on signal_id.
 """
@@ -176,8 +176,9 @@ def audit_commit_tag(app_id: str, batch_id: int) -> str:
 
 def last_audited_batch(spark: SparkSession, table: str, app_id: str, pages: tuple[int, ...] = (10, 1000)) -> int:
     """The newest batch id that query ``app_id`` committed to the audit table, -1 if none. Reads the
-    history newest first, a page at a time (usually one commit file): the first commit of this query
-    found is its newest, since a query's batch ids grow with the table's versions."""
+    history newest first, a page of commits at a time (with one writer, the first page has it): the
+    first commit of this query found is its newest, since a query's batch ids grow with the table's
+    versions."""
     from delta.tables import DeltaTable
 
     if not DeltaTable.isDeltaTable(spark, table):
