@@ -11,6 +11,7 @@ from pathlib import Path
 from marketsignals import feed, kafka_client
 from marketsignals.local_broker import LocalBroker
 from marketsignals.settings import KafkaSettings, Settings
+from marketsignals.stream.sinks import audit_commit_batch
 
 _ids = itertools.count()
 
@@ -116,3 +117,29 @@ def run_available_now(spark, settings: Settings) -> list[dict]:
 
 def progress_lines(metrics: list[dict]) -> list[dict]:
     return [m for m in metrics if m.get("event") == "progress"]
+
+
+def audit_log_batches(table: Path) -> tuple[set[int], set[int]]:
+    """The batch ids an audit table's Delta log records, read from outside: the sink's commit tags
+    (userMetadata) and Delta txn versions (the run's first audit write). A commit file still being
+    written, or unreadable, is passed over."""
+    tagged: set[int] = set()
+    txn: set[int] = set()
+    log = table / "_delta_log"
+    if not log.is_dir():
+        return tagged, txn
+    for entry in log.glob("*.json"):
+        try:
+            lines = entry.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                action = json.loads(line)
+            except ValueError:
+                continue
+            if "txn" in action:
+                txn.add(int(action["txn"]["version"]))
+            elif (batch := audit_commit_batch((action.get("commitInfo") or {}).get("userMetadata"))) is not None:
+                tagged.add(batch)
+    return tagged, txn

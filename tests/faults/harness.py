@@ -28,7 +28,7 @@ import yaml
 from marketsignals import feed, kafka_client
 from marketsignals.schema import EMITTED_AT
 from marketsignals.settings import KafkaSettings, Settings
-from support import consume_all
+from support import audit_log_batches, consume_all
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = Path(sys.executable).parent / "marketsignals"
@@ -170,30 +170,6 @@ def batch_ids(folder: Path) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
-def audited_batch_ids(audit: Path) -> set[int]:
-    """The batch ids the audit table's Delta log records: the sink tags each commit's userMetadata
-    with its batch, and the run's first audit write also records Delta's txnVersion."""
-    batches: set[int] = set()
-    log = audit / "_delta_log"
-    if not log.is_dir():
-        return batches
-    for entry in log.glob("*.json"):
-        try:
-            lines = entry.read_text().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            try:
-                action = json.loads(line)
-                if "txn" in action:
-                    batches.add(int(action["txn"]["version"]))
-                elif "commitInfo" in action and action["commitInfo"].get("userMetadata"):
-                    batches.add(int(json.loads(action["commitInfo"]["userMetadata"])["batch"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # a commit file still being written, or another writer's metadata
-    return batches
-
-
 @dataclass(frozen=True)
 class Progress:
     """Where the query stood: last planned batch (offset log), last committed (commit log), last batch
@@ -207,7 +183,7 @@ class Progress:
     def of(cls, settings: Settings) -> Progress:
         cp = Path(settings.stream.checkpoint)
         offsets, commits = batch_ids(cp / "offsets"), batch_ids(cp / "commits")
-        audited = audited_batch_ids(Path(settings.stream.audit_table))
+        audited = set().union(*audit_log_batches(Path(settings.stream.audit_table)))
         return cls(offsets[-1] if offsets else -1, commits[-1] if commits else -1, max(audited, default=-1))
 
     @property

@@ -27,7 +27,7 @@ from marketsignals.schema import (
     TS_MS,
 )
 from marketsignals.validation import parse_ticks, with_reject_reason
-from support import progress_lines, run_available_now
+from support import audit_log_batches, progress_lines, run_available_now
 
 pytestmark = pytest.mark.integration
 
@@ -71,18 +71,6 @@ def assert_same_signals(actual: list[dict], expected: list[dict]) -> None:
                 assert (a is None or math.isnan(a)) and (b is None or math.isnan(b)), (col, a, b, exp)
             else:
                 assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), (col, a, b, exp)
-
-
-def audit_log_batches(table: Path) -> tuple[set[int], set[int]]:
-    """The batch ids in the audit table's Delta log: its commits' userMetadata tags, and Delta txn versions."""
-    tagged, txn = set(), set()
-    for commit in (table / "_delta_log").glob("*.json"):
-        for action in map(json.loads, commit.read_text().splitlines()):
-            if "txn" in action:
-                txn.add(action["txn"]["version"])
-            elif (action.get("commitInfo") or {}).get("userMetadata"):
-                tagged.add(json.loads(action["commitInfo"]["userMetadata"])["batch"])
-    return tagged, txn
 
 
 def audit_rows(spark, settings) -> list[dict]:

@@ -174,6 +174,20 @@ def audit_commit_tag(app_id: str, batch_id: int) -> str:
     return json.dumps({"query": app_id, "batch": batch_id}, separators=(",", ":"))
 
 
+def audit_commit_batch(user_metadata: str | None, app_id: str | None = None) -> int | None:
+    """The batch id in an :func:`audit_commit_tag` (written by query ``app_id``, if given); None for
+    any other commit metadata."""
+    try:
+        tag = json.loads(user_metadata or "")
+    except ValueError:
+        return None
+    if not isinstance(tag, dict) or not isinstance(tag.get("batch"), int):
+        return None
+    if app_id is not None and tag.get("query") != app_id:
+        return None
+    return tag["batch"]
+
+
 def last_audited_batch(spark: SparkSession, table: str, app_id: str, pages: tuple[int, ...] = (10, 1000)) -> int:
     """The newest batch id that query ``app_id`` committed to the audit table, -1 if none. Reads the
     history newest first, a page of commits at a time (with one writer, the first page has it): the
@@ -187,12 +201,9 @@ def last_audited_batch(spark: SparkSession, table: str, app_id: str, pages: tupl
     for limit in (*pages, None):
         rows = (history.history(limit) if limit else history.history()).select("version", "userMetadata").collect()
         for row in sorted(rows, key=lambda r: -r["version"]):
-            try:
-                tag = json.loads(row["userMetadata"] or "")
-            except ValueError:
-                continue
-            if isinstance(tag, dict) and tag.get("query") == app_id and isinstance(tag.get("batch"), int):
-                return tag["batch"]
+            batch = audit_commit_batch(row["userMetadata"], app_id)
+            if batch is not None:
+                return batch
         if limit is not None and len(rows) < limit:
             return -1
     return -1
