@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import orjson
 import pandas as pd
 from pyspark.sql import types as T
 
@@ -348,15 +349,19 @@ class _Output:
         return pd.DataFrame(data, copy=False)
 
     def packed(self, processed: int) -> pd.DataFrame:
-        """The rows of :meth:`frame` as PACKED_OUTPUT_SCHEMA: kind + the non-null fields as JSON."""
+        """The rows of :meth:`frame` as PACKED_OUTPUT_SCHEMA: kind + the non-null fields as JSON.
+        orjson, not json: encoding was the largest cost of our own code per group at 10,000 symbols
+        (json.dumps ~17 us a signal record, orjson ~2 us). orjson writes NaN as null, which is what
+        null means in the kernel's float columns (the backtest's Arrow path turns NaN to null too)."""
         kinds, records = [], []
         for part in self.parts:
             names = [c for c in part if c != KIND]
             for values in zip(*(_plain(part[c], c in _INTEGRAL) for c in names), strict=True):
-                records.append(json.dumps({k: v for k, v in zip(names, values, strict=True) if v is not None}))
+                records.append(orjson.dumps({k: v for k, v in zip(names, values, strict=True)
+                                             if v is not None}).decode())
             kinds.extend(part[KIND].tolist())
         kinds.append(KIND_COUNT)
-        records.append(json.dumps({SYMBOL: self.symbol, PROCESSED: int(processed)}))
+        records.append(orjson.dumps({SYMBOL: self.symbol, PROCESSED: int(processed)}).decode())
         return pd.DataFrame({KIND: kinds, RECORD: records})
 
 
