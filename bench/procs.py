@@ -114,6 +114,11 @@ class Sampler:
         self._thread.start()
         return self
 
+    @property
+    def started(self) -> float:
+        """time.monotonic() at start(): the zero of ``series``."""
+        return self._t0
+
     def sample(self) -> dict[str, int]:
         rss: dict[str, int] = {}
         for pid in tree(self.root):

@@ -76,11 +76,17 @@ def table(results: dict) -> str:
 
 
 def rss_slopes(run: dict) -> dict[str, float]:
-    """MB per minute of each process kind over the second half of the series (after warm-up)."""
+    """MB per minute of each process kind over the second half of the feed (after warm-up, before the
+    drain: the Python workers exit when the query stops); of the whole series if the feed's window
+    is not known."""
     import numpy as np
 
     series = run.get("rss_series") or []
-    half = series[len(series) // 2:]
+    if run.get("feed_window_s"):
+        start, end = run["feed_window_s"]
+        half = [(t, rss) for t, rss in series if (start + end) / 2 <= t <= end]
+    else:
+        half = series[len(series) // 2:]
     out = {}
     for kind in ("jvm", "python_workers"):
         pts = [(t, rss[kind]) for t, rss in half if kind in rss]

@@ -53,6 +53,8 @@ def _run(cmd: list[str], timeout: float, interval: float = 1.0) -> dict:
     result.update(usage)
     if interval >= 2:
         result["rss_series"] = sampler.series
+    if "feed_monotonic" in result:  # when the feed ran, in the RSS series' seconds
+        result["feed_window_s"] = [round(t - sampler.started, 1) for t in result.pop("feed_monotonic")]
     return result
 
 

@@ -110,6 +110,7 @@ def latency(settings: Settings, work: Path, rate: float, seconds: float, records
     deadline = time.monotonic() + 300
     while query.isActive and query.lastProgress is None and time.monotonic() < deadline:
         time.sleep(0.2)  # the first (empty) batch fixes the starting offsets at "latest"
+    feed_from = time.monotonic()
     feeder = start_feeder(settings.kafka.bootstrap_servers, Path(records), settings.kafka.tick_topics, rate, seconds)
     fed = wait_feeder(feeder)
     fed_at = time.monotonic()
@@ -137,6 +138,8 @@ def latency(settings: Settings, work: Path, rate: float, seconds: float, records
         "batch_ms_max": max((m["batch_duration_ms"] for m in busy), default=None),
         "add_batch_ms_median": median([m["duration_ms"].get("addBatch", 0) for m in busy]) if busy else None,
         "batches": len(busy), **lat,
+        # CLOCK_MONOTONIC is system-wide: bench.run turns it into seconds of its RSS series
+        "feed_monotonic": [feed_from, fed_at],
     }
 
 
