@@ -29,6 +29,7 @@ def base_settings() -> Settings:
         "spark.conf.spark.ui.showConsoleProgress=false",
         "spark.conf.spark.sql.execution.arrow.maxRecordsPerBatch=5000",
         "spark.log_level=ERROR",
+        "stream.state_buckets=4",  # the tests' few symbols share buckets (production: hundreds of buckets)
     ], env={})
 
 

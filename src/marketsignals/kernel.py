@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -79,6 +80,15 @@ OUTPUT_COLUMNS: tuple[str, ...] = tuple(f.name for f in OUTPUT_SCHEMA.fields)
 # group's output frame into Arrow column by column and concatenates the frames of all groups: with
 # thirty-odd columns that was a third of the Python workers' time at 10,000 symbols, two are cheap.
 RECORD = "record"
+
+
+class PackedRows(NamedTuple):
+    """PACKED_OUTPUT_SCHEMA rows as two lists (the handler makes one frame of a bucket's symbols)."""
+
+    kinds: list[str]
+    records: list[str]
+
+
 PACKED_OUTPUT_SCHEMA = T.StructType([T.StructField(KIND, T.StringType(), False),
                                      T.StructField(RECORD, T.StringType(), True)])
 
@@ -115,7 +125,7 @@ class SymbolState:
 
 @dataclass
 class KernelResult:
-    output: pd.DataFrame
+    output: pd.DataFrame | PackedRows
     state: SymbolState
     processed: int
 
@@ -179,7 +189,7 @@ def process(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
     duplicates, indicators, risk and emission. ``ticks`` may carry ``reason``/``raw`` (rejected by
     validation: passed straight to the output). ``watermark_ms`` is the stream's watermark; None in
     the backtest, where history is processed in event-time order and nothing is late. ``packed``:
-    the output as PACKED_OUTPUT_SCHEMA rows instead of OUTPUT_SCHEMA rows."""
+    the output as PackedRows instead of an OUTPUT_SCHEMA frame."""
     out = _Output(symbol)
     if REASON in ticks:
         bad = pd.notna(ticks[REASON])
@@ -348,7 +358,7 @@ class _Output:
             data[col] = np.concatenate(pieces)
         return pd.DataFrame(data, copy=False)
 
-    def packed(self, processed: int) -> pd.DataFrame:
+    def packed(self, processed: int) -> PackedRows:
         """The rows of :meth:`frame` as PACKED_OUTPUT_SCHEMA: kind + the non-null fields as JSON.
         orjson, not json: encoding was the largest cost of our own code per group at 10,000 symbols
         (json.dumps ~17 us a signal record, orjson ~2 us). orjson writes NaN as null, which is what
@@ -362,7 +372,7 @@ class _Output:
             kinds.extend(part[KIND].tolist())
         kinds.append(KIND_COUNT)
         records.append(orjson.dumps({SYMBOL: self.symbol, PROCESSED: int(processed)}).decode())
-        return pd.DataFrame({KIND: kinds, RECORD: records})
+        return PackedRows(kinds, records)
 
 
 def _plain(values, integral: bool) -> list:

@@ -131,6 +131,10 @@ class StreamSettings(_Section):
     watermark_delay: str = "30 seconds"
     max_future_skew: str = "5 seconds"
     state_idle_timeout: str = "1 hour"
+    # The stateful key: symbols are spread over this many buckets (stream/state.py). Fewer, fuller
+    # buckets cut Spark's per-group cost; a bucket's whole state is rewritten when any of its symbols
+    # ticks. A checkpoint keeps the number it was written with (the job stops on another).
+    state_buckets: int = Field(256, ge=1, le=1_000_000)
     query_name: str = "marketsignals"
     # Delta table properties the audit table gets when the sink's first write creates it (an existing
     # table keeps its own: ALTER TABLE ... SET TBLPROPERTIES changes them). Delta's defaults collect

@@ -30,6 +30,7 @@ def test_bench_harness_writes_its_json_table_and_chart(kafka_broker, tmp_path, c
     for name in ("a_ceiling", "b_product", "c_simple", "e_scale"):
         assert "error" not in runs[name], runs[name]["error"]
         assert runs[name]["ticks"] > 0
+    assert runs["e_scale"]["state_symbols"] == 200 and "200 symbols in" in printed  # read back from the checkpoint
     start, end = runs["d_latency_300"]["feed_window_s"]  # the soak's memory slope is taken inside it
     assert 0 < start < end
     assert list(tmp_path.glob("*.png"))

@@ -206,10 +206,9 @@ def test_packed_output_holds_the_same_rows_as_the_wide_output():
                                          price=[100.0 + i * 0.37 for i in range(40)] + [100.0 + 39 * 0.37]))
     wide = run(frame, cfg=KernelConfig(strategy=StrategySettings(), emission="every"))
     packed = run(frame, cfg=KernelConfig(strategy=StrategySettings(), emission="every"), packed=True)
-    assert list(packed.output.columns) == [kernel.KIND, kernel.RECORD]
-    assert packed.output.kind.tolist() == wide.output.kind.tolist()
+    assert packed.output.kinds == wide.output.kind.tolist()
     assert set(wide.output.kind) == {"signal", "reject", "count"}
-    for (_, row), record in zip(wide.output.iterrows(), packed.output.record, strict=True):
+    for (_, row), record in zip(wide.output.iterrows(), packed.output.records, strict=True):
         got = json.loads(record)
         for col in kernel.OUTPUT_COLUMNS[1:]:
             want = row[col]
@@ -230,5 +229,5 @@ def test_packed_output_writes_nan_as_null():
     out = kernel._Output("AAPL")
     out.parts.append({kernel.KIND: np.array([kernel.KIND_SIGNAL], dtype=object), "vwap": np.array([np.nan]),
                       "price": np.array([101.25])})
-    record = json.loads(out.packed(1).record[0])
+    record = json.loads(out.packed(1).records[0])
     assert record == {"vwap": None, "price": 101.25}

@@ -58,6 +58,7 @@ def test_an_audit_table_property_outside_delta_is_refused():
     ("stream.watermark_delay=soon", ["stream.watermark_delay", "30 seconds"]),
     ("stream.trigger=continuous", ["stream.trigger", "availableNow"]),
     ("broker.port=70000", ["broker.port"]),
+    ("stream.state_buckets=0", ["stream.state_buckets", "greater than or equal to 1"]),
     ("strategy.no_such_key=1", ["strategy.no_such_key"]),
 ])
 def test_a_bad_value_names_the_key_and_the_expected_form(override, names):

@@ -1,7 +1,8 @@
 """Build, start and run the streaming query (SPEC §1-4).
 
     raw Kafka -> parse + validate (stateless) -> watermark on valid ticks' event time
-      -> groupBy(symbol).applyInPandasWithState(kernel) -> foreachBatch(Kafka, dead letters, audit)
+      -> groupBy(bucket of symbols).applyInPandasWithState(kernel per symbol)
+      -> foreachBatch(Kafka, dead letters, audit)
 
 Invalid ticks travel through the stateful operator to their symbol's group (or ``""``) and come out
 as reject rows, so one query and one checkpoint carry everything; their event time is null, so a
@@ -82,11 +83,13 @@ def signal_stream(raw: DataFrame, settings: Settings) -> DataFrame:
     delay_ms = settings.stream.watermark_delay_ms
     ticks = validated_ticks(raw, settings).withWatermark(EVENT_TIME, settings.stream.watermark_delay)
     marker = F.lit(None).cast("long").alias(EVENT_TIME, metadata={WATERMARK_DELAY_KEY: delay_ms})
+    buckets = settings.stream.state_buckets
+    handler = state.make_handler(kernel_config(settings), buckets)
     out = (
-        ticks.select(SYMBOL, marker, state.packed_tick())
-        .groupBy(SYMBOL)
-        .applyInPandasWithState(state.make_handler(kernel_config(settings)), kernel.PACKED_OUTPUT_SCHEMA,
-                                state.STATE_SCHEMA, "append", GroupStateTimeout.EventTimeTimeout)
+        ticks.select(state.bucket_of(F.col(SYMBOL), buckets), marker, state.packed_tick())
+        .groupBy(state.BUCKET)
+        .applyInPandasWithState(handler, kernel.PACKED_OUTPUT_SCHEMA, state.STATE_SCHEMA, "append",
+                                GroupStateTimeout.EventTimeTimeout)
     )
     return state.unpacked_output(out)
 
@@ -131,10 +134,26 @@ def run(spark: SparkSession, settings: Settings) -> int:
         spark.streams.removeListener(listener)
     exc = query.exception()
     if exc is not None:
-        first_line = (getattr(exc, "desc", None) or str(exc)).strip().splitlines()[0][:500]
-        raise StreamFailed(f"the streaming query failed: {first_line} (full trace in the driver log; the job "
-                           f"restarts from {settings.stream.checkpoint})")
+        text = (getattr(exc, "desc", None) or str(exc)).strip()
+        incompatible = _incompatible_state(text)
+        if incompatible:
+            raise StreamFailed(f"the checkpoint's state cannot be read by this job: {incompatible} "
+                               f"(checkpoint {settings.stream.checkpoint})")
+        raise StreamFailed(f"the streaming query failed: {text.splitlines()[0][:500]} (full trace in the driver "
+                           f"log; the job restarts from {settings.stream.checkpoint})")
     return 0
+
+
+def _incompatible_state(text: str) -> str | None:
+    """What to do when the checkpoint holds state this version cannot read (a restart would fail again):
+    the handler's StateFormatError, or Spark's own state schema check."""
+    for line in text.splitlines():
+        if "StateFormatError: " in line:
+            return line.split("StateFormatError: ", 1)[1].strip()[:500]
+    if "STATE_STORE_KEY_SCHEMA_NOT_COMPATIBLE" in text or "STATE_STORE_VALUE_SCHEMA_NOT_COMPATIBLE" in text:
+        return ("it was written by an earlier version of marketsignals (state keyed by symbol, not by bucket of "
+                "symbols): start from a new checkpoint (stream.checkpoint)")
+    return None
 
 
 class StreamFailed(RuntimeError):

@@ -1,0 +1,152 @@
+"""The stateful key is a bucket of symbols (stream/state.py): the handler must make, for every symbol,
+the kernel calls Spark would make if the symbol were the key -- on new ticks, and when the symbol's own
+timer is passed by the watermark -- and keep its timer, so the output is the same batch by batch.
+
+Spark's GroupState is used as is (no session needed); the driver loop below plays Spark's part:
+a key is called when it has data, or when its timer is below the watermark (EventTimeTimeout)."""
+
+from __future__ import annotations
+
+import pickle
+
+import orjson
+import pandas as pd
+import pytest
+from pyspark.sql import Row
+from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
+
+from marketsignals import kernel
+from marketsignals.kernel import KernelConfig, SymbolState
+from marketsignals.settings import StrategySettings
+from marketsignals.stream import state
+
+BUCKETS = 4
+T0 = 1_767_312_000_000
+
+
+def _state(blob: tuple | None, watermark: int, timeout: int, timed_out: bool) -> GroupState:
+    return GroupState(Row(*blob) if blob else None, 0, watermark, GroupStateTimeout.EventTimeTimeout, timed_out,
+                      True, blob is not None, False, False, timeout, b"", state.STATE_SCHEMA)
+
+
+def _tick(symbol: str, ts: int, i: int) -> str:
+    return orjson.dumps({"symbol": symbol, "ts_ms": ts, "price": 100.0 + (i * 7 % 11) * 0.5, "volume": 1000 + i,
+                         "bid": 99.5, "ask": 100.5, "exchange": "NYSE", "topic": "t", "partition": 0,
+                         "offset": i}).decode()
+
+
+class Spark:
+    """Keys, their state rows and timers across batches, called as Spark calls them."""
+
+    def __init__(self, handler) -> None:
+        self.handler = handler
+        self.rows: dict[str, tuple] = {}
+        self.timers: dict[str, int] = {}
+
+    def batch(self, watermark: int, ticks: dict[str, list[str]]) -> list[tuple[str, str]]:
+        out = []
+        for key in sorted(set(ticks) | set(self.rows)):
+            timer = self.timers.get(key, GroupState.NO_TIMESTAMP)
+            timed_out = key not in ticks and timer != GroupState.NO_TIMESTAMP and timer < watermark
+            if key not in ticks and not timed_out:
+                continue
+            gs = _state(self.rows.get(key), watermark, timer, timed_out)
+            frames = iter([pd.DataFrame({state.PACKED: ticks[key]})] if key in ticks else [])
+            for frame in self.handler((key,), frames, gs):
+                out += list(zip(frame[kernel.KIND], frame[kernel.RECORD], strict=True))
+            if gs.exists:
+                # what Spark's serializer reads back from the GroupState (no public getter)
+                self.rows[key], self.timers[key] = gs.get, gs._timeout_timestamp
+            else:
+                self.rows.pop(key, None)
+                self.timers.pop(key, None)
+        return sorted(out)
+
+
+def per_symbol_handler(cfg: KernelConfig):
+    """The handler as it was with the symbol as the key: one symbol's state, its own timer."""
+
+    def handle(key, frames, gs):
+        watermark = max(gs.getCurrentWatermarkMs(), 0)
+        before = pickle.loads(gs.get[1]) if gs.exists else SymbolState()
+        cols = state.unpack([t for f in frames for t in f[state.PACKED].tolist()]).get(key[0], state._NO_TICKS)
+        result = kernel.process(key[0], cols, before, cfg, watermark, packed=True)
+        timeout = state._timeout(result.state, watermark, cfg)
+        if timeout is None:
+            if gs.exists:
+                gs.remove()
+        else:
+            gs.update((0, pickle.dumps(result.state)))
+            gs.setTimeoutTimestamp(timeout)
+        yield pd.DataFrame({kernel.KIND: result.output.kinds, kernel.RECORD: result.output.records})
+
+    return handle
+
+
+def _batches():
+    """A and B share a bucket. B goes quiet after the first batch: its pending ticks must be released
+    by its own timer in a batch where only A has data, and it must be evicted once idle."""
+    a = [T0 + i * 1000 for i in range(12)]
+    b = [T0 + i * 1000 for i in range(4)]
+    return [
+        (0, {"A": a[:6], "B": b}),
+        (T0 + 4_500, {"A": a[6:9]}),
+        (T0 + 8_500, {}),
+        (T0 + 60_000, {"A": [T0 + 61_000, T0 + 62_000]}),
+        (T0 + 200_000, {}),
+    ]
+
+
+@pytest.mark.parametrize("ordering", ["event_time", "arrival"])
+def test_a_bucket_makes_the_calls_and_keeps_the_timers_of_its_symbols(ordering):
+    cfg = KernelConfig(strategy=StrategySettings(), ordering=ordering, emission="every",
+                       watermark_delay_ms=2_000, idle_timeout_ms=20_000)
+    bucketed, keyed = Spark(state.make_handler(cfg, BUCKETS)), Spark(per_symbol_handler(cfg))
+    offsets = iter(range(1_000))
+    for n, (watermark, ticks) in enumerate(_batches()):
+        texts = {s: [_tick(s, t, next(offsets)) for t in ts] for s, ts in ticks.items()}
+        want = keyed.batch(watermark, texts)
+        got = bucketed.batch(watermark, {"bucket": [t for s in sorted(texts) for t in texts[s]]} if texts else {})
+        assert got == want, f"batch {n}"
+        counts = {orjson.loads(r)["symbol"]: orjson.loads(r)["processed"] for k, r in got if k == kernel.KIND_COUNT}
+        if n == 1 and ordering == "event_time":  # B had no ticks: its timer released its pending ones
+            assert counts.get("B", 0) > 0, counts
+        if n == 3:  # B idle past the timeout: evicted by its timer, A still held
+            assert set(keyed.rows) == {"A"}
+            assert set(pickle.loads(bucketed.rows["bucket"][1])[1]) == {"A"}
+    assert not bucketed.rows and not keyed.rows  # every symbol idle: nothing left in state
+
+
+def test_a_checkpoint_written_with_another_bucket_count_stops_with_a_message():
+    blob = (state.STATE_FORMAT, pickle.dumps((BUCKETS * 2, {})))
+    with pytest.raises(state.StateFormatError, match=f"stream.state_buckets={BUCKETS * 2}, not {BUCKETS}"):
+        state.load_bucket(_state(blob, 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
+
+
+def test_every_symbol_has_one_bucket_in_range(spark):
+    from pyspark.sql import functions as F
+
+    symbols = [f"S{i}" for i in range(500)] + [""]
+    rows = spark.createDataFrame([(s,) for s in symbols], "symbol string").select(
+        "symbol", state.bucket_of(F.col("symbol"), 7)).collect()
+    buckets = {r.symbol: r.bucket for r in rows}
+    assert set(buckets.values()) == set(range(7))
+    again = spark.createDataFrame([("S1",)], "symbol string").select(state.bucket_of(F.col("symbol"), 7)).first()
+    assert again.bucket == buckets["S1"]
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("org.apache.spark.SparkException: ... [STATE_STORE_KEY_SCHEMA_NOT_COMPATIBLE] Provided key schema does not "
+     "match existing state key schema.\nExisting key_schema=StructType(StructField(symbol,StringType,false))",
+     "earlier version of marketsignals"),
+    ("[PYTHON_EXCEPTION] An exception was thrown from the Python worker.\nTraceback (most recent call last):\n"
+     '  File "state.py", line 9, in load_bucket\nmarketsignals.stream.state.StateFormatError: the checkpoint\'s '
+     "state was written with stream.state_buckets=8, not 16: set it back, or start from a new checkpoint",
+     "written with stream.state_buckets=8, not 16: set it back"),
+    ("[KAFKA_DATA_LOSS] Some data may have been lost", None),
+])
+def test_a_checkpoint_this_version_cannot_read_is_named_not_restarted(text, says):
+    from marketsignals.stream.job import _incompatible_state
+
+    found = _incompatible_state(text)
+    assert (found is None) if says is None else (says in found)
