@@ -41,8 +41,11 @@ def table(results: dict) -> str:
         cpu = run.get("cpu_s_total")
         peak = run.get("peak_rss_mb", {})
         py = (peak.get("python_workers", 0) + peak.get("driver", 0)) if key != "c_simple" else peak.get("driver")
-        state = (f"{_fmt(run.get('state_symbols'))} symbols in {run['state_rows']:,} buckets "
-                 f"{run.get('state_dir_mb', 0):.0f}MB" if run.get("state_rows") is not None else "")
+        state, disk = "", f"{run.get('state_dir_mb', 0):.0f}MB"
+        if run.get("state_symbols") is not None:
+            state = f"{run['state_symbols']:,} symbols in {run['state_rows']:,} buckets {disk}"
+        elif run.get("state_rows"):  # results of a version that kept one state row per symbol
+            state = f"{run['state_rows']:,} rows {disk}"
         lines.append(f"{label:<28}{_fmt(ticks):>10}{_fmt(run.get('ticks_per_s')):>10}{_fmt(_rate(run)):>10}"
                      f"{_fmt(cpu, '.0f'):>8}{_fmt(ticks / cpu if ticks and cpu else None):>12}"
                      f"{_fmt(peak.get('jvm')):>8}{_fmt(py):>8}  {state}")

@@ -4,7 +4,7 @@
       -> groupBy(bucket of symbols).applyInPandasWithState(kernel per symbol)
       -> foreachBatch(Kafka, dead letters, audit)
 
-Invalid ticks travel through the stateful operator to their symbol's group (or ``""``) and come out
+Invalid ticks travel through the stateful operator to their symbol's bucket (symbol ``""`` if none) and come out
 as reject rows, so one query and one checkpoint carry everything; their event time is null, so a
 far-future or malformed stamp never moves the watermark.
 """
