@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 CLI := $(BIN)/marketsignals
 MVN := mvn -q -B -s jvm/settings.xml -f jvm/pom.xml
 PYTEST_ARGS ?=
+RUN_ARGS ?=
 
 .PHONY: help setup venv jars kafka-up kafka-down kafka-status run test test-unit test-integration faults soak bench lint package clean
 
 help:
-	@echo "make run      broker + feed + streaming job + live console (Ctrl-C stops all)"
+	@echo "make run      broker + feed + streaming job + live console (Ctrl-C stops all); RUN_ARGS='--fresh ...'"
 	@echo "make test     set up and run the whole test suite (starts/stops its own broker)"
 	@echo "make bench    the benchmark (bench/README.md): BENCH_ARGS='--ticks 200000 ...'"
 	@echo "make faults   the fault-injection suite's short version; make soak: the long one"
@@ -44,7 +45,7 @@ kafka-status: venv
 	$(CLI) kafka status
 
 run: venv jars
-	$(CLI) live
+	$(CLI) live $(RUN_ARGS)
 
 # the whole suite but the soak variants (make soak); a -m in PYTEST_ARGS replaces this one
 test: venv jars

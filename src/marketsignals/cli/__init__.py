@@ -71,8 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_user_error(exc: BaseException) -> bool:
     from marketsignals.local_broker import BrokerError
+    from marketsignals.stream.job import IncompatibleCheckpoint
 
-    return isinstance(exc, (UserError, SettingsError, BrokerError, ValueError, FileNotFoundError))
+    return isinstance(exc, (UserError, SettingsError, BrokerError, IncompatibleCheckpoint, ValueError,
+                            FileNotFoundError))
 
 
 if __name__ == "__main__":

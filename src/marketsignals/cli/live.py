@@ -64,6 +64,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             for name, proc in children:
                 if proc.poll() is not None:
                     print(f"live: {name} exited with code {proc.returncode}; see {logs / (name + '.log')}")
+                    reason = last_error(logs / f"{name}.log")
+                    if reason:
+                        print(f"live: {reason}")
+                        if "checkpoint's state cannot be read" in reason:
+                            print("live: `marketsignals live --fresh` (make run RUN_ARGS=--fresh) deletes the local "
+                                  "checkpoint and audit table and starts over")
                     return True
             return stop.is_set() or (deadline is not None and time.monotonic() > deadline)
 
@@ -77,6 +83,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if not args.keep_broker:
             broker.down()
     return 0
+
+
+def last_error(log: Path) -> str | None:
+    """The one-line error a child command ended its log with (``marketsignals <cmd>: error: ...``)."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 16_384))
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((line.strip() for line in reversed(lines) if ": error: " in line), None)
 
 
 def _stop(name: str, proc: subprocess.Popen, grace_s: float = 60.0) -> None:

@@ -137,8 +137,8 @@ def run(spark: SparkSession, settings: Settings) -> int:
         text = (getattr(exc, "desc", None) or str(exc)).strip()
         incompatible = _incompatible_state(text)
         if incompatible:
-            raise StreamFailed(f"the checkpoint's state cannot be read by this job: {incompatible} "
-                               f"(checkpoint {settings.stream.checkpoint})")
+            raise IncompatibleCheckpoint(f"the checkpoint's state cannot be read by this job: {incompatible} "
+                                         f"(checkpoint {settings.stream.checkpoint})")
         raise StreamFailed(f"the streaming query failed: {text.splitlines()[0][:500]} (full trace in the driver "
                            f"log; the job restarts from {settings.stream.checkpoint})")
     return 0
@@ -158,6 +158,11 @@ def _incompatible_state(text: str) -> str | None:
 
 class StreamFailed(RuntimeError):
     """The query stopped with an error; restarting resumes from the checkpoint."""
+
+
+class IncompatibleCheckpoint(StreamFailed):
+    """The checkpoint holds state this version cannot read: a restart fails the same way; the message
+    says what to change (the setting back, or a new checkpoint)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
