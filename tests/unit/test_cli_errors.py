@@ -20,6 +20,10 @@ def test_live_repeats_the_error_line_a_child_ended_its_log_with(tmp_path):
                    "\t... 21 more\n")
     assert last_error(log) == ("marketsignals stream: error: the checkpoint's state cannot be read by this job: "
                                "set it back")
+    earlier_run = log.stat().st_size  # the log is appended to: an earlier run's error is not this one's
+    with open(log, "a") as fh:
+        fh.write("Traceback (most recent call last):\nRuntimeError: boom\n")
+    assert last_error(log, earlier_run) is None
     log.write_text("started\nbatch 1 done\n")
     assert last_error(log) is None
     assert last_error(tmp_path / "missing.log") is None

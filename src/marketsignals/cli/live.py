@@ -47,12 +47,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "--bad", f"all={args.bad}", "--no-progress"]
     job_cmd = [*cli, "stream", *passthrough]
     children: list[tuple[str, subprocess.Popen]] = []
+    log_starts: dict[str, int] = {}  # the logs are appended to: this run's part starts here
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     deadline = time.monotonic() + args.duration if args.duration else None
     try:
         for name, cmd in (("stream", job_cmd), ("feed", feed_cmd)):
+            log_starts[name] = (logs / f"{name}.log").stat().st_size if (logs / f"{name}.log").exists() else 0
             log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 (closed with the child below)
             # own session: Ctrl-C in the terminal reaches only this process, which stops the children
             children.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             for name, proc in children:
                 if proc.poll() is not None:
                     print(f"live: {name} exited with code {proc.returncode}; see {logs / (name + '.log')}")
-                    reason = last_error(logs / f"{name}.log")
+                    reason = last_error(logs / f"{name}.log", log_starts[name])
                     if reason:
                         print(f"live: {reason}")
                         if "checkpoint's state cannot be read" in reason:
@@ -85,11 +87,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def last_error(log: Path) -> str | None:
-    """The one-line error a child command ended its log with (``marketsignals <cmd>: error: ...``)."""
+def last_error(log: Path, start: int = 0) -> str | None:
+    """The one-line error a child command ended its log with (``marketsignals <cmd>: error: ...``),
+    looking no further back than ``start`` (the log's size when the child started)."""
     try:
         with open(log, "rb") as fh:
-            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 16_384))
+            fh.seek(max(start, fh.seek(0, os.SEEK_END) - 16_384))
             lines = fh.read().decode(errors="replace").splitlines()
     except OSError:
         return None
