@@ -69,7 +69,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     reason = last_error(logs / f"{name}.log", log_starts[name])
                     if reason:
                         print(f"live: {reason}")
-                        if "checkpoint's state cannot be read" in reason:
+                        from marketsignals.stream.job import IncompatibleCheckpoint
+
+                        if IncompatibleCheckpoint.PREFIX in reason:
                             print("live: `marketsignals live --fresh` (make run RUN_ARGS=--fresh) deletes the local "
                                   "checkpoint and audit table and starts over")
                     return True

@@ -137,7 +137,7 @@ def run(spark: SparkSession, settings: Settings) -> int:
         text = (getattr(exc, "desc", None) or str(exc)).strip()
         incompatible = _incompatible_state(text)
         if incompatible:
-            raise IncompatibleCheckpoint(f"the checkpoint's state cannot be read by this job: {incompatible} "
+            raise IncompatibleCheckpoint(f"{IncompatibleCheckpoint.PREFIX}: {incompatible} "
                                          f"(checkpoint {settings.stream.checkpoint})")
         raise StreamFailed(f"the streaming query failed: {text.splitlines()[0][:500]} (full trace in the driver "
                            f"log; the job restarts from {settings.stream.checkpoint})")
@@ -163,6 +163,8 @@ class StreamFailed(RuntimeError):
 class IncompatibleCheckpoint(StreamFailed):
     """The checkpoint holds state this version cannot read: a restart fails the same way; the message
     says what to change (the setting back, or a new checkpoint)."""
+
+    PREFIX = "the checkpoint's state cannot be read by this job"  # `live` spots it in the job's log
 
 
 def main(argv: Sequence[str] | None = None) -> int:
