@@ -61,11 +61,13 @@ class History:
         return len(self.price)
 
 
-def _windows(full: np.ndarray, n_new: int, width: int) -> np.ndarray:
-    """The ``width``-tick window ending at each of the last ``n_new`` values of ``full``; windows
-    reaching before the first value are padded with NaN (partial window, like rowsBetween)."""
-    padded = np.concatenate([np.full(width - 1, np.nan), full])
-    return sliding_window_view(padded, width)[-n_new:]
+# Each series is laid out after WIDEST - 1 NaNs (see rolling_indicators_many).
+WIDEST = max(VWAP_TICKS, SMA_SHORT_TICKS, SMA_LONG_TICKS, VOLATILITY_TICKS)
+
+
+def _rows(layout: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
+    """The ``width``-value window of ``layout`` ending at each position in ``at`` (a copy)."""
+    return sliding_window_view(layout, width)[at - (width - 1)]
 
 
 def rolling_indicators(price: np.ndarray, volume: np.ndarray, bid: np.ndarray, ask: np.ndarray,
@@ -76,28 +78,59 @@ def rolling_indicators(price: np.ndarray, volume: np.ndarray, bid: np.ndarray, a
     price_change is null on a symbol's first tick; vwap is null when the window's volume is 0;
     volatility_20 ignores nulls and is null with fewer than 2 values.
     """
+    columns, (tail,) = rolling_indicators_many(price, volume, bid, ask, [len(price)], [history])
+    return columns, tail
+
+
+def rolling_indicators_many(price: np.ndarray, volume: np.ndarray, bid: np.ndarray, ask: np.ndarray, lengths: list[int],
+                            histories: list[History]) -> tuple[dict[str, np.ndarray], list[History]]:
+    """:func:`rolling_indicators` of several independent series in one pass: series k is the next
+    ``lengths[k]`` ticks of the arrays and continues ``histories[k]``. The state handler runs a
+    bucket's symbols this way: one numpy call per indicator for all of them, not one per symbol.
+
+    Each series is laid out as WIDEST - 1 NaNs, its history, its ticks; a window ending at one of its
+    ticks holds exactly the values and NaN padding the series alone would give, and each window is
+    reduced on its own (a row of a contiguous copy), so the result for a tick is bitwise the same
+    whichever series run beside it and wherever the micro-batches were cut."""
     n = len(price)
     price = np.asarray(price, dtype=np.float64)
     volume_f = np.asarray(volume, dtype=np.float64)
-    full_price = np.concatenate([history.price, price])
-    full_volume = np.concatenate([history.volume, volume_f])
-    previous = np.concatenate([[np.nan], full_price[:-1]])[-n:] if n else np.empty(0)
+    if n == 0:
+        empty = np.empty(0)
+        return dict.fromkeys(_COLUMNS, empty), [History(h.price, h.volume, h.price_change_pct) for h in histories]
+    pad = np.full(WIDEST - 1, np.nan)
+    prices, volumes, pcts, shifts, spans = [], [], [], [], []
+    offset = position = 0
+    for m, h in zip(lengths, histories, strict=True):
+        new = slice(offset, offset + m)
+        prices += [pad, h.price, price[new]]
+        volumes += [pad, h.volume, volume_f[new]]
+        pcts += [pad, h.price_change_pct, price[new]]  # the ticks' own changes are filled in below
+        position += len(pad)
+        spans.append((position, position + len(h) + m))  # the series' history and ticks in the layout
+        position += len(h) + m
+        shifts.append(position - offset - m)
+        offset += m
+    at = np.arange(n) + np.repeat(shifts, lengths)  # each tick's position in the layout
+    layout_price, layout_volume, layout_pct = np.concatenate(prices), np.concatenate(volumes), np.concatenate(pcts)
+
+    previous = layout_price[at - 1]  # NaN on a series' first tick without history (the padding)
     change = price - previous
     with np.errstate(divide="ignore", invalid="ignore"):
         change_pct = change / previous * 100.0
-    full_pct = np.concatenate([history.price_change_pct, change_pct])
+    layout_pct[at] = change_pct
 
-    price_w = _windows(full_price, n, SMA_LONG_TICKS)
-    sma_50 = np.nanmean(price_w, axis=1) if n else np.empty(0)
-    sma_20 = np.nanmean(price_w[:, -SMA_SHORT_TICKS:], axis=1) if n else np.empty(0)
+    price_w = _rows(layout_price, at, SMA_LONG_TICKS)
+    sma_50 = np.nanmean(price_w, axis=1)
+    sma_20 = np.nanmean(price_w[:, -SMA_SHORT_TICKS:], axis=1)
 
-    pv_w = _windows(full_price * full_volume, n, VWAP_TICKS)
-    v_w = _windows(full_volume, n, VWAP_TICKS)
+    pv_w = _rows(layout_price * layout_volume, at, VWAP_TICKS)
+    v_w = _rows(layout_volume, at, VWAP_TICKS)
     with np.errstate(divide="ignore", invalid="ignore"):
         v_sum = np.nansum(v_w, axis=1)
         vwap = np.where(v_sum == 0, np.nan, np.nansum(pv_w, axis=1) / v_sum)
 
-    pct_w = _windows(full_pct, n, VOLATILITY_TICKS)
+    pct_w = _rows(layout_pct, at, VOLATILITY_TICKS)
     counts = np.sum(~np.isnan(pct_w), axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         volatility = np.where(counts >= 2, _nanstd_sample(pct_w, counts), np.nan)
@@ -113,8 +146,12 @@ def rolling_indicators(price: np.ndarray, volume: np.ndarray, bid: np.ndarray, a
         SMA_50: sma_50,
         VOLATILITY_20: volatility,
     }
-    tail = History(full_price[-HISTORY:], full_volume[-HISTORY:], full_pct[-HISTORY:])
-    return columns, tail
+    tails = [History(*(layout[max(lo, hi - HISTORY):hi].copy() for layout in (layout_price, layout_volume, layout_pct)))
+             for lo, hi in spans]
+    return columns, tails
+
+
+_COLUMNS = (PRICE_CHANGE, PRICE_CHANGE_PCT, BID_ASK_SPREAD, SPREAD_PCT, VWAP, SMA_20, SMA_50, VOLATILITY_20)
 
 
 def _nanstd_sample(windows: np.ndarray, counts: np.ndarray) -> np.ndarray:

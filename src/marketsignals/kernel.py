@@ -190,6 +190,39 @@ def process(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
     validation: passed straight to the output). ``watermark_ms`` is the stream's watermark; None in
     the backtest, where history is processed in event-time order and nothing is late. ``packed``:
     the output as PackedRows instead of an OUTPUT_SCHEMA frame."""
+    out, ready, state = _prepare(symbol, ticks, state, cfg, watermark_ms)
+    (state,), signals = _compute([symbol], [ready], [state], cfg)
+    if signals is not None:
+        out.parts.append(signals)
+    processed = _length(ready)
+    return KernelResult(out.packed(processed) if packed else out.frame(processed), state, processed)
+
+
+def process_bucket(calls: list[tuple[str, Columns, SymbolState]], cfg: KernelConfig,
+                   watermark_ms: int | None) -> tuple[PackedRows, list[SymbolState]]:
+    """:func:`process` (packed) for several symbols at once: each (symbol, ticks, state) call gives the
+    same rows and new state as on its own, but indicators, risk and emission run in one numpy pass
+    over all the calls' ticks (at ~20 ticks a symbol, numpy's cost per call was most of the
+    kernel's). The rows come as every call's rejects, then the signals (each symbol's in its order),
+    then one count row per call."""
+    prepared = [_prepare(symbol, ticks, state, cfg, watermark_ms) for symbol, ticks, state in calls]
+    symbols = [symbol for symbol, _, _ in calls]
+    states, signals = _compute(symbols, [ready for _, ready, _ in prepared], [state for _, _, state in prepared], cfg)
+    rows = PackedRows([], [])
+    for out, _, _ in prepared:
+        for part in out.parts:
+            _pack(part, rows)
+    if signals is not None:
+        _pack(signals, rows)
+    for symbol, (_, ready, _) in zip(symbols, prepared, strict=True):
+        _pack_count(symbol, _length(ready), rows)
+    return rows, states
+
+
+def _prepare(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
+             watermark_ms: int | None) -> tuple[_Output, Columns, SymbolState]:
+    """Everything before the indicators: the output's rejects, the ticks ready to compute (in SPEC §2
+    order) and the state with its new high-water mark and event-time buffer."""
     out = _Output(symbol)
     if REASON in ticks:
         bad = pd.notna(ticks[REASON])
@@ -247,45 +280,82 @@ def process(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
         if older.any():
             out.add_rejects(_take(ticks, older), Reason.OUT_OF_ORDER)
             ticks = _take(ticks, ~older)
-
-    state = replace(state, high_water=high_water, pending=pending)
-    processed = _length(ticks)
-    if processed:
-        state = _compute(ticks, state, cfg, out)
-    return KernelResult(out.packed(processed) if packed else out.frame(processed), state, processed)
+    return out, ticks, replace(state, high_water=high_water, pending=pending)
 
 
-def _compute(ticks: Columns, state: SymbolState, cfg: KernelConfig, out: _Output) -> SymbolState:
-    """Indicators, risk and emission for ticks in order. A gap longer than the idle timeout starts a
-    new series -- exactly what evicting an idle symbol's state does in the stream."""
-    ts = ticks[TS_MS].astype(np.int64)
-    gaps = np.diff(ts, prepend=state.last_ts if state.last_ts is not None else ts[0])
-    starts = np.nonzero(gaps > cfg.idle_timeout_ms)[0].tolist()
-    bounds = sorted({0, *starts, len(ts)})
-    for lo, hi in itertools.pairwise(bounds):
-        if lo in starts:
-            state = SymbolState(high_water=state.high_water, pending=state.pending)
-        state = _compute_series(_take(ticks, slice(lo, hi)), state, cfg, out)
-    return state
+def _compute(symbols: list[str], ready: list[Columns], states: list[SymbolState],
+             cfg: KernelConfig) -> tuple[list[SymbolState], dict[str, np.ndarray] | None]:
+    """Indicators, risk and emission for each symbol's ready ticks (in order), all symbols in one pass.
+    A gap longer than the idle timeout starts a new series -- exactly what evicting an idle symbol's
+    state does in the stream. Returns the new states and the signal rows of all symbols (or None)."""
+    series: list[tuple[int, int, int, SymbolState]] = []  # (call, first tick, end, state it continues)
+    for call, (ticks, state) in enumerate(zip(ready, states, strict=True)):
+        if not _length(ticks):
+            continue
+        ts = ticks[TS_MS].astype(np.int64)
+        gaps = np.diff(ts, prepend=state.last_ts if state.last_ts is not None else ts[0])
+        starts = np.nonzero(gaps > cfg.idle_timeout_ms)[0].tolist()
+        for lo, hi in itertools.pairwise(sorted({0, *starts, len(ts)})):
+            begin = SymbolState(high_water=state.high_water, pending=state.pending) if lo in starts else state
+            series.append((call, lo, hi, begin))
+    if not series:
+        return list(states), None
 
-
-def _compute_series(ticks: Columns, state: SymbolState, cfg: KernelConfig, out: _Output) -> SymbolState:
+    ticks = {c: np.concatenate([ready[call][c][lo:hi] for call, lo, hi, _ in series]) for c in _PENDING}
+    lengths = [hi - lo for _, lo, hi, _ in series]
     price = ticks[PRICE].astype(np.float64)
     volume = ticks[VOLUME].astype(np.int64)
-    ind, history = indicators.rolling_indicators(price, volume, ticks[BID], ticks[ASK], state.history)
+    ind, tails = indicators.rolling_indicators_many(price, volume, ticks[BID], ticks[ASK], lengths,
+                                                    [begin.history for *_, begin in series])
     cols = risk.risk_columns(price, volume, ind, cfg.strategy)
     actionable = cols[ACTIONABLE]
     action = np.where(actionable, cols[TRADING_SIGNAL], risk.HOLD)
+    first = np.cumsum([0, *lengths[:-1]])  # each series' first tick
     if cfg.emission == "every":
         emit = actionable
     else:  # on_change: emit when the actionable action changes into BUY or SELL
-        emit = actionable & (action != np.concatenate([[state.last_action], action[:-1]]))
+        before = np.empty(len(action), dtype=object)
+        before[1:] = action[:-1]
+        before[first] = [begin.last_action for *_, begin in series]
+        emit = actionable & (action != before)
+    signals = None
     if emit.any():
-        out.add_signals(_take(ticks, emit), {k: v[emit] for k, v in ind.items()},
-                        {k: v[emit] for k, v in cols.items()}, cfg.strategy.version)
-    recent = (*state.recent, *_keys(ticks))[-indicators.HISTORY:]
-    return SymbolState(history=history, last_ts=int(ticks[TS_MS][-1]), high_water=state.high_water,
-                       recent=recent, last_action=str(action[-1]), pending=state.pending)
+        symbol = np.array(symbols, dtype=object)[np.repeat([call for call, *_ in series], lengths)]
+        signals = _signal_rows(symbol[emit], _take(ticks, emit), {k: v[emit] for k, v in ind.items()},
+                               {k: v[emit] for k, v in cols.items()}, cfg.strategy.version)
+
+    states = list(states)
+    for k, (call, lo, hi, begin) in enumerate(series):
+        if k + 1 < len(series) and series[k + 1][0] == call:
+            continue  # a later series of the same symbol starts afresh
+        done = ready[call]
+        recent = (*begin.recent, *_keys(_take(done, slice(max(lo, hi - indicators.HISTORY), hi))))
+        states[call] = SymbolState(history=tails[k], last_ts=int(done[TS_MS][hi - 1]), high_water=begin.high_water,
+                                   recent=recent[-indicators.HISTORY:], last_action=str(action[first[k] + hi - lo - 1]),
+                                   pending=begin.pending)
+    return states, signals
+
+
+def _signal_rows(symbol: np.ndarray, ticks: Columns, ind: dict, cols: dict, version: str) -> dict[str, np.ndarray]:
+    """The signal records of the emitting ticks (one symbol per row), as one output part."""
+    ts = ticks[TS_MS].astype(np.int64)
+    price = ticks[PRICE].astype(np.float64)
+    volume = ticks[VOLUME].astype(np.int64)
+    exchange = ticks[EXCHANGE]
+    n = len(ts)
+    ids = [signal_id(s, t, e, p, v, version) for s, t, e, p, v in
+           zip(symbol.tolist(), ts.tolist(), exchange.tolist(), price.tolist(), volume.tolist(), strict=True)]
+    return {
+        KIND: np.full(n, KIND_SIGNAL, dtype=object), SIGNAL_ID: np.array(ids, dtype=object),
+        SYMBOL: symbol, ACTION: cols[TRADING_SIGNAL], PRICE: price,
+        CONFIDENCE: cols[CONFIDENCE], RISK_SCORE: cols[RISK_SCORE], "volatility": ind[VOLATILITY_20],
+        "momentum": cols[MOMENTUM].astype(np.int32), TS_MS: ts, POSITION_SIZE: cols[POSITION_SIZE],
+        VOLUME: volume, BID: ticks[BID].astype(np.float64), ASK: ticks[ASK].astype(np.float64),
+        EXCHANGE: exchange, **{c: ind[c] for c in INDICATOR_COLUMNS},
+        VOLATILITY_REGIME: cols[VOLATILITY_REGIME], LIQUIDITY: cols[LIQUIDITY],
+        STRATEGY_VERSION: np.full(n, version, dtype=object),
+        TOPIC: ticks[TOPIC], PARTITION: ticks[PARTITION], OFFSET: ticks[OFFSET],
+    }
 
 
 class _Output:
@@ -319,26 +389,6 @@ class _Output:
             TOPIC: ticks[TOPIC], PARTITION: ticks[PARTITION], OFFSET: ticks[OFFSET],
         })
 
-    def add_signals(self, ticks: Columns, ind: dict, cols: dict, version: str) -> None:
-        ts = ticks[TS_MS].astype(np.int64)
-        price = ticks[PRICE].astype(np.float64)
-        volume = ticks[VOLUME].astype(np.int64)
-        exchange = ticks[EXCHANGE]
-        n = len(ts)
-        ids = [signal_id(self.symbol, t, e, p, v, version)
-               for t, e, p, v in zip(ts.tolist(), exchange.tolist(), price.tolist(), volume.tolist(), strict=True)]
-        self.parts.append({
-            KIND: np.full(n, KIND_SIGNAL, dtype=object), SIGNAL_ID: np.array(ids, dtype=object),
-            SYMBOL: np.full(n, self.symbol, dtype=object), ACTION: cols[TRADING_SIGNAL], PRICE: price,
-            CONFIDENCE: cols[CONFIDENCE], RISK_SCORE: cols[RISK_SCORE], "volatility": ind[VOLATILITY_20],
-            "momentum": cols[MOMENTUM].astype(np.int32), TS_MS: ts, POSITION_SIZE: cols[POSITION_SIZE],
-            VOLUME: volume, BID: ticks[BID].astype(np.float64), ASK: ticks[ASK].astype(np.float64),
-            EXCHANGE: exchange, **{c: ind[c] for c in INDICATOR_COLUMNS},
-            VOLATILITY_REGIME: cols[VOLATILITY_REGIME], LIQUIDITY: cols[LIQUIDITY],
-            STRATEGY_VERSION: np.full(n, version, dtype=object),
-            TOPIC: ticks[TOPIC], PARTITION: ticks[PARTITION], OFFSET: ticks[OFFSET],
-        })
-
     def frame(self, processed: int) -> pd.DataFrame:
         """The output rows, closed by one ``count`` row carrying how many ticks were processed.
         Event time is ``ts_ms`` here; the stream and backtest edges turn it into a timestamp."""
@@ -359,20 +409,28 @@ class _Output:
         return pd.DataFrame(data, copy=False)
 
     def packed(self, processed: int) -> PackedRows:
-        """The rows of :meth:`frame` as PACKED_OUTPUT_SCHEMA: kind + the non-null fields as JSON.
-        orjson, not json: encoding was the largest cost of our own code per group at 10,000 symbols
-        (json.dumps ~17 us a signal record, orjson ~2 us). orjson writes NaN as null, which is what
-        null means in the kernel's float columns (the backtest's Arrow path turns NaN to null too)."""
-        kinds, records = [], []
+        """The rows of :meth:`frame` as PACKED_OUTPUT_SCHEMA: kind + the non-null fields as JSON."""
+        rows = PackedRows([], [])
         for part in self.parts:
-            names = [c for c in part if c != KIND]
-            for values in zip(*(_plain(part[c], c in _INTEGRAL) for c in names), strict=True):
-                records.append(orjson.dumps({k: v for k, v in zip(names, values, strict=True)
-                                             if v is not None}).decode())
-            kinds.extend(part[KIND].tolist())
-        kinds.append(KIND_COUNT)
-        records.append(orjson.dumps({SYMBOL: self.symbol, PROCESSED: int(processed)}).decode())
-        return PackedRows(kinds, records)
+            _pack(part, rows)
+        _pack_count(self.symbol, processed, rows)
+        return rows
+
+
+def _pack(part: dict[str, np.ndarray], rows: PackedRows) -> None:
+    """Append an output part's rows to ``rows``: the kind, and the non-null fields as JSON.
+    orjson, not json: encoding was the largest cost of our own code per group at 10,000 symbols
+    (json.dumps ~17 us a signal record, orjson ~2 us). orjson writes NaN as null, which is what
+    null means in the kernel's float columns (the backtest's Arrow path turns NaN to null too)."""
+    names = [c for c in part if c != KIND]
+    for values in zip(*(_plain(part[c], c in _INTEGRAL) for c in names), strict=True):
+        rows.records.append(orjson.dumps({k: v for k, v in zip(names, values, strict=True) if v is not None}).decode())
+    rows.kinds.extend(part[KIND].tolist())
+
+
+def _pack_count(symbol: str, processed: int, rows: PackedRows) -> None:
+    rows.kinds.append(KIND_COUNT)
+    rows.records.append(orjson.dumps({SYMBOL: symbol, PROCESSED: int(processed)}).decode())
 
 
 def _plain(values, integral: bool) -> list:

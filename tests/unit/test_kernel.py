@@ -1,5 +1,7 @@
 """The per-symbol kernel: lateness, duplicates, ordering modes, emission, idle reset, ids."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -199,7 +201,6 @@ def test_any_cut_gives_the_same_signals(cut):
 
 
 def test_packed_output_holds_the_same_rows_as_the_wide_output():
-    import json
     import math
 
     frame = with_validation_reject(ticks([T0 + i * 1000 for i in range(40)] + [T0 + 39_000],
@@ -224,10 +225,73 @@ def test_packed_output_holds_the_same_rows_as_the_wide_output():
 def test_packed_output_writes_nan_as_null():
     """NaN stands for null in the kernel's float columns; the wide frame's Arrow transfer makes it null,
     and so must the packed JSON (plain json would write the token NaN, which Spark reads as NaN)."""
-    import json
-
     out = kernel._Output("AAPL")
     out.parts.append({kernel.KIND: np.array([kernel.KIND_SIGNAL], dtype=object), "vwap": np.array([np.nan]),
                       "price": np.array([101.25])})
     record = json.loads(out.packed(1).records[0])
     assert record == {"vwap": None, "price": 101.25}
+
+
+def _signals_of(symbol: str, rows: list[tuple[str, str]]) -> list[str]:
+    return [r for k, r in rows if k == kernel.KIND_SIGNAL and json.loads(r)["symbol"] == symbol]
+
+
+def _state_fields(state: SymbolState) -> tuple:
+    """A state's fields, floats exactly (repr), for equality."""
+    h = state.history
+    pending = None if state.pending is None else {k: repr(v.tolist()) for k, v in state.pending.items()}
+    return (repr(h.price.tolist()), repr(h.volume.tolist()), repr(h.price_change_pct.tolist()), state.last_ts,
+            state.high_water, state.recent, state.last_action, pending)
+
+
+@pytest.mark.parametrize("ordering", ["arrival", "event_time"])
+@pytest.mark.parametrize("emission", ["on_change", "every"])
+def test_a_bucket_of_symbols_gives_each_the_rows_and_state_it_gets_alone(ordering, emission):
+    """process_bucket runs the indicators of all its calls in one numpy pass: each symbol's rows and
+    new state must be exactly what process gives it alone -- over batches that carry history, with
+    rejects, duplicates, a symbol whose batch spans an idle gap (two series), one that only has a
+    validation reject and, in event_time mode, one called with no ticks to release its pending ones."""
+    cfg = KernelConfig(strategy=StrategySettings(), ordering=ordering, emission=emission,
+                       watermark_delay_ms=5_000, idle_timeout_ms=60_000)
+    rng = np.random.default_rng(7)
+    symbols = ["A", "B", "C", "D", "E"]
+    states = dict.fromkeys(symbols, SymbolState())
+    offset, alone_signals, series_split = 0, 0, False
+    for batch in range(6):
+        clock = T0 + batch * 20_000
+        calls = []
+        for s in symbols:
+            n = int(rng.integers(5, 40))
+            ts = np.sort(clock - rng.integers(0, 15_000, n))
+            if s == "B" and batch == 3:
+                ts = np.concatenate([ts, ts[-1] + 61_000 + np.arange(5) * 1000])  # an idle gap: a new series
+                series_split = True
+            if s == "E" and batch % 2:  # no ticks: a timer call in event_time mode, skipped otherwise
+                if ordering == "event_time":
+                    calls.append((s, kernel.columns_of(ticks([])[:0]), states[s]))
+                continue
+            price = 100 * np.exp(np.cumsum(rng.normal(0, 0.004, len(ts))))
+            frame = ticks(ts.tolist(), price=price, offsets=range(offset, offset + len(ts)))
+            frame["volume"] = rng.integers(50_000, 3_000_000, len(ts))
+            offset += len(ts)
+            if s == "C":
+                frame = pd.concat([frame, frame.iloc[:3].assign(offset=frame.offset.iloc[:3] + 10_000)])  # duplicates
+            if s == "D" and batch == 2:
+                frame = with_validation_reject(frame.iloc[:1]).iloc[1:]  # only a validation reject
+            calls.append((s, kernel.columns_of(frame.reset_index(drop=True)), states[s]))
+        watermark = clock - 5_000
+        rows, after = kernel.process_bucket(calls, cfg, watermark)
+        want_rows, want_states = [], {}
+        for s, cols, before in calls:
+            alone = kernel.process(s, cols, before, cfg, watermark, packed=True)
+            want_rows += list(zip(alone.output.kinds, alone.output.records, strict=True))
+            want_states[s] = alone.state
+            alone_signals += alone.output.kinds.count(kernel.KIND_SIGNAL)
+        got_rows = list(zip(rows.kinds, rows.records, strict=True))
+        assert sorted(got_rows) == sorted(want_rows), f"batch {batch}"
+        for s in symbols:  # and each symbol's signals in their order
+            assert _signals_of(s, got_rows) == _signals_of(s, want_rows)
+        for (s, _, _), state in zip(calls, after, strict=True):
+            assert _state_fields(state) == _state_fields(want_states[s]), f"batch {batch} symbol {s}"
+            states[s] = state
+    assert alone_signals > 0 and series_split

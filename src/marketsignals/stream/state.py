@@ -132,20 +132,18 @@ def make_handler(cfg: KernelConfig, buckets: int):
         bucket = load_bucket(state, buckets)
         ticks = unpack([t for frame in frames for t in frame[PACKED].tolist()])
         due = [s for s, (timeout, _) in bucket.items() if timeout < watermark and s not in ticks]
-        kinds: list[str] = []
-        records: list[str] = []
-        for symbol in [*ticks, *due]:
-            before = pickle.loads(bucket[symbol][1]) if symbol in bucket else SymbolState()
-            result = kernel.process(symbol, ticks.get(symbol, _NO_TICKS), before, cfg, watermark, packed=True)
-            kinds += result.output.kinds
-            records += result.output.records
-            timeout = _timeout(result.state, watermark, cfg)
+        symbols = [*ticks, *due]
+        calls = [(symbol, ticks.get(symbol, _NO_TICKS),
+                  pickle.loads(bucket[symbol][1]) if symbol in bucket else SymbolState()) for symbol in symbols]
+        rows, after = kernel.process_bucket(calls, cfg, watermark)
+        for symbol, symbol_state in zip(symbols, after, strict=True):
+            timeout = _timeout(symbol_state, watermark, cfg)
             if timeout is None:
                 bucket.pop(symbol, None)
             else:
-                bucket[symbol] = (timeout, pickle.dumps(result.state, protocol=pickle.HIGHEST_PROTOCOL))
+                bucket[symbol] = (timeout, pickle.dumps(symbol_state, protocol=pickle.HIGHEST_PROTOCOL))
         _save(bucket, buckets, state)
-        yield pd.DataFrame({kernel.KIND: kinds, kernel.RECORD: records})
+        yield pd.DataFrame({kernel.KIND: rows.kinds, kernel.RECORD: rows.records})
 
     return handle
 
