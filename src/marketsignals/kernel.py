@@ -2,9 +2,10 @@
 
 One call takes a symbol's new ticks (any arrival order) and the symbol's state, and returns the
 signals to emit, the ticks it had to reject (late, duplicate, out of order) and the new state. The
-streaming state handler keeps the state in Spark's state store between micro-batches; the backtest
-calls it once per symbol with an empty state. Parity between the two is a property of this design:
-there is no other code path that computes a signal.
+streaming state handler keeps the state in Spark's state store between micro-batches and makes the
+calls of a bucket of symbols together (process_bucket: the same calls, their indicators in one numpy
+pass); the backtest calls it once per symbol with an empty state (process). Parity between the two is
+a property of this design: there is no other code path that computes a signal.
 """
 
 from __future__ import annotations
