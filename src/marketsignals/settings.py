@@ -17,6 +17,24 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "MARKETSIGNALS__"
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only true/false. YAML 1.1 also reads on/off/yes/no
+    as booleans, so ``--set spark.log_level=OFF`` became False and was refused as a log level."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text (a profile file or one ``--set`` value) as Python values, with YAML 1.2's booleans."""
+    return yaml.load(text, Loader=_Yaml12Loader)
 CONF_DIR_ENV = "MARKETSIGNALS_CONF_DIR"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|seconds?|m|minutes?|h|hours?)\s*$")
@@ -273,7 +291,7 @@ def load_settings(
     if not path.exists():
         raise SettingsError(f"config profile file {path} not found: pass --profile local|emr or --conf FILE")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise SettingsError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(data, dict):
@@ -313,7 +331,7 @@ def _apply_assignment(data: dict[str, Any], item: str, source: str) -> None:
         node = child
     # YAML scalars: "3" -> 3, "true" -> True, "[a, b]" -> list
     try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        node[parts[-1]] = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         node[parts[-1]] = raw
 

@@ -78,6 +78,14 @@ def test_missing_profile_says_what_to_pass():
         load_settings("nope", env={})
 
 
+def test_yaml_1_1_words_stay_text_and_true_false_stay_booleans():
+    """PyYAML alone reads OFF/on/yes/no as booleans: `--set spark.log_level=OFF` was refused."""
+    s = load_settings("local", ["spark.log_level=OFF", "kafka.topics=[on, no, y]"], env={})
+    assert s.spark.log_level == "OFF" and s.kafka.topics == ["on", "no", "y"]
+    s = load_settings("local", ["backtest.allow_short=true"], env={"MARKETSIGNALS__SPARK__LOG_LEVEL": "off"})
+    assert s.backtest.allow_short is True and s.spark.log_level == "off"
+
+
 def test_set_without_equals_is_refused():
     with pytest.raises(SettingsError, match=r"section\.key=value"):
         load_settings("local", ["stream.ordering"], env={})

@@ -22,6 +22,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from marketsignals.settings import load_yaml
+
 DEFAULT_PROFILE = Path("conf/emr/deploy.yaml")
 
 # Values a person still has to fill in: <UPPER_CASE> markers, REPLACE_ME / CHANGE_ME, and "example"
@@ -272,7 +274,7 @@ def load_profile(path: str | Path = DEFAULT_PROFILE, overrides: Iterable[str] = 
     if not path.is_file():
         raise ValueError(f"deployment profile {path} not found (pass --deploy FILE)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
@@ -299,7 +301,7 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
         if part in _DOTTED_KEY_MAPS:
             parts, in_map = [".".join(parts)], True
     # Values of those maps are strings for Spark / --set: "true" stays "true", not a YAML boolean.
-    node[parts[0]] = raw if in_map else (yaml.safe_load(raw) if raw.strip() else None)
+    node[parts[0]] = raw if in_map else (load_yaml(raw) if raw.strip() else None)
 
 
 def find_placeholders(value: Any, path: str = "") -> Iterator[tuple[str, str]]:

@@ -29,7 +29,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
 from packaging.requirements import Requirement
 
 from marketsignals.emr.artifact import (
@@ -44,6 +43,7 @@ from marketsignals.emr.artifact import (
     sha256_file,
 )
 from marketsignals.emr.deployment import DEFAULT_PROFILE
+from marketsignals.settings import load_yaml
 
 # Linux x86_64 wheels up to glibc 2.28 (Amazon Linux 2023 has 2.34); some current wheels (pandas
 # 2.3) are only tagged manylinux_2_28, older ones only manylinux2014 (= manylinux_2_17).
@@ -233,7 +233,7 @@ def build(
     """Build dist/ from the source tree at ``root``; returns the manifest."""
     pyproject = tomllib.loads((root / "pyproject.toml").read_text())
     profile_path = deploy_profile or root / DEFAULT_PROFILE
-    app_profile = (yaml.safe_load(profile_path.read_text()) or {}).get("app_profile", "emr")
+    app_profile = (load_yaml(profile_path.read_text()) or {}).get("app_profile", "emr")
     jar_dirs = jar_dirs if jar_dirs is not None else [root / d for d in DEFAULT_JAR_DIRS]
     shutil.rmtree(dist, ignore_errors=True)
     dist.mkdir(parents=True)
