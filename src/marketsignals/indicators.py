@@ -97,7 +97,7 @@ def rolling_indicators_many(price: np.ndarray, volume: np.ndarray, bid: np.ndarr
     volume_f = np.asarray(volume, dtype=np.float64)
     if n == 0:
         empty = np.empty(0)
-        return dict.fromkeys(_COLUMNS, empty), [History(h.price, h.volume, h.price_change_pct) for h in histories]
+        return dict.fromkeys(_COLUMNS, empty), list(histories)  # nothing new: the histories stand
     pad = np.full(WIDEST - 1, np.nan)
     prices, volumes, pcts, shifts, spans = [], [], [], [], []
     offset = position = 0

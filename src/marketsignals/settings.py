@@ -17,6 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "MARKETSIGNALS__"
+CONF_DIR_ENV = "MARKETSIGNALS_CONF_DIR"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|seconds?|m|minutes?|h|hours?)\s*$")
+_UNIT_MS = {"ms": 1, "millisecond": 1, "milliseconds": 1, "s": 1000, "second": 1000, "seconds": 1000,
+            "m": 60_000, "minute": 60_000, "minutes": 60_000, "h": 3_600_000, "hour": 3_600_000,
+            "hours": 3_600_000}
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -35,12 +41,6 @@ _Yaml12Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false
 def load_yaml(text: str) -> Any:
     """YAML text (a profile file or one ``--set`` value) as Python values, with YAML 1.2's booleans."""
     return yaml.load(text, Loader=_Yaml12Loader)
-CONF_DIR_ENV = "MARKETSIGNALS_CONF_DIR"
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|seconds?|m|minutes?|h|hours?)\s*$")
-_UNIT_MS = {"ms": 1, "millisecond": 1, "milliseconds": 1, "s": 1000, "second": 1000, "seconds": 1000,
-            "m": 60_000, "minute": 60_000, "minutes": 60_000, "h": 3_600_000, "hour": 3_600_000,
-            "hours": 3_600_000}
 
 
 class SettingsError(ValueError):
