@@ -14,10 +14,8 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
 
 import numpy as np
-import orjson
 import pandas as pd
 from pyspark.sql import types as T
 
@@ -76,23 +74,6 @@ OUTPUT_SCHEMA = T.StructType(
 )
 OUTPUT_COLUMNS: tuple[str, ...] = tuple(f.name for f in OUTPUT_SCHEMA.fields)
 
-# The same rows packed for the streaming state handler: the kind, and every other non-null field as one
-# JSON text, parsed back to OUTPUT_SCHEMA in the JVM (stream.state.unpacked_output). Spark turns each
-# group's output frame into Arrow column by column and concatenates the frames of all groups: with
-# thirty-odd columns that was a third of the Python workers' time at 10,000 symbols, two are cheap.
-RECORD = "record"
-
-
-class PackedRows(NamedTuple):
-    """PACKED_OUTPUT_SCHEMA rows as two lists (the handler makes one frame of a bucket's symbols)."""
-
-    kinds: list[str]
-    records: list[str]
-
-
-PACKED_OUTPUT_SCHEMA = T.StructType([T.StructField(KIND, T.StringType(), False),
-                                     T.StructField(RECORD, T.StringType(), True)])
-
 # Columns of a pending (event_time mode) tick kept in state.
 _PENDING = (TS_MS, EXCHANGE, PARTITION, OFFSET, TOPIC, PRICE, VOLUME, BID, ASK)
 
@@ -126,7 +107,7 @@ class SymbolState:
 
 @dataclass
 class KernelResult:
-    output: pd.DataFrame | PackedRows
+    output: pd.DataFrame
     state: SymbolState
     processed: int
 
@@ -185,39 +166,31 @@ def _typed(ticks: Columns) -> Columns:
 
 
 def process(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
-            watermark_ms: int | None, packed: bool = False) -> KernelResult:
+            watermark_ms: int | None) -> KernelResult:
     """Run one symbol's new ``ticks`` (see :func:`columns_of`) through ordering, lateness,
     duplicates, indicators, risk and emission. ``ticks`` may carry ``reason``/``raw`` (rejected by
     validation: passed straight to the output). ``watermark_ms`` is the stream's watermark; None in
-    the backtest, where history is processed in event-time order and nothing is late. ``packed``:
-    the output as PackedRows instead of an OUTPUT_SCHEMA frame."""
-    out, ready, state = _prepare(symbol, ticks, state, cfg, watermark_ms)
-    (state,), signals = _compute([symbol], [ready], [state], cfg)
-    if signals is not None:
-        out.parts.append(signals)
-    processed = _length(ready)
-    return KernelResult(out.packed(processed) if packed else out.frame(processed), state, processed)
+    the backtest, where history is processed in event-time order and nothing is late."""
+    output, (state,) = process_bucket([(symbol, ticks, state)], cfg, watermark_ms)
+    return KernelResult(output, state, int(output[PROCESSED].iloc[-1]))
 
 
 def process_bucket(calls: list[tuple[str, Columns, SymbolState]], cfg: KernelConfig,
-                   watermark_ms: int | None) -> tuple[PackedRows, list[SymbolState]]:
-    """:func:`process` (packed) for several symbols at once: each (symbol, ticks, state) call gives the
-    same rows and new state as on its own, but indicators, risk and emission run in one numpy pass
-    over all the calls' ticks (at ~20 ticks a symbol, numpy's cost per call was most of the
-    kernel's). The rows come as every call's rejects, then the signals (each symbol's in its order),
+                   watermark_ms: int | None) -> tuple[pd.DataFrame, list[SymbolState]]:
+    """:func:`process` for several symbols at once: each (symbol, ticks, state) call gives the same
+    rows and new state as on its own, but indicators, risk and emission run in one numpy pass over
+    all the calls' ticks (at ~20 ticks a symbol, numpy's cost per call was most of the kernel's).
+    One OUTPUT_SCHEMA frame: every call's rejects, then the signals (each symbol's in its order),
     then one count row per call."""
     prepared = [_prepare(symbol, ticks, state, cfg, watermark_ms) for symbol, ticks, state in calls]
     symbols = [symbol for symbol, _, _ in calls]
     states, signals = _compute(symbols, [ready for _, ready, _ in prepared], [state for _, _, state in prepared], cfg)
-    rows = PackedRows([], [])
-    for out, _, _ in prepared:
-        for part in out.parts:
-            _pack(part, rows)
+    parts = [part for out, _, _ in prepared for part in out.parts]
     if signals is not None:
-        _pack(signals, rows)
-    for symbol, (_, ready, _) in zip(symbols, prepared, strict=True):
-        _pack_count(symbol, _length(ready), rows)
-    return rows, states
+        parts.append(signals)
+    parts.append({KIND: np.full(len(calls), KIND_COUNT, dtype=object), SYMBOL: np.array(symbols, dtype=object),
+                  PROCESSED: np.array([_length(ready) for _, ready, _ in prepared], dtype=np.int64)})
+    return _frame(parts), states
 
 
 def _prepare(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
@@ -360,9 +333,7 @@ def _signal_rows(symbol: np.ndarray, ticks: Columns, ind: dict, cols: dict, vers
 
 
 class _Output:
-    """Collects one call's output rows column-wise; builds a single pandas frame at the end."""
-
-    _COUNT_TEMPLATE: pd.DataFrame | None = None
+    """Collects one call's reject rows column-wise (its signals and count row are added by process_bucket)."""
 
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol
@@ -390,61 +361,12 @@ class _Output:
             TOPIC: ticks[TOPIC], PARTITION: ticks[PARTITION], OFFSET: ticks[OFFSET],
         })
 
-    def frame(self, processed: int) -> pd.DataFrame:
-        """The output rows, closed by one ``count`` row carrying how many ticks were processed.
-        Event time is ``ts_ms`` here; the stream and backtest edges turn it into a timestamp."""
-        if not self.parts:  # the common case for a quiet symbol: copy a one-row template (~50 us)
-            if _Output._COUNT_TEMPLATE is None:
-                _Output._COUNT_TEMPLATE = pd.DataFrame([[None] * len(OUTPUT_COLUMNS)], columns=list(OUTPUT_COLUMNS))
-            frame = _Output._COUNT_TEMPLATE.copy()
-            frame.iat[0, 0] = KIND_COUNT
-            frame.iat[0, _SYMBOL_POS] = self.symbol
-            frame.iat[0, _PROCESSED_POS] = processed
-            return frame
-        data = {}
-        for col in OUTPUT_COLUMNS:
-            pieces = [p[col] if col in p else np.full(len(p[KIND]), None, dtype=object) for p in self.parts]
-            pieces.append(np.array([KIND_COUNT if col == KIND else self.symbol if col == SYMBOL
-                                    else processed if col == PROCESSED else None], dtype=object))
-            data[col] = np.concatenate(pieces)
-        return pd.DataFrame(data, copy=False)
-
-    def packed(self, processed: int) -> PackedRows:
-        """The rows of :meth:`frame` as PACKED_OUTPUT_SCHEMA: kind + the non-null fields as JSON."""
-        rows = PackedRows([], [])
-        for part in self.parts:
-            _pack(part, rows)
-        _pack_count(self.symbol, processed, rows)
-        return rows
-
-
-def _pack(part: dict[str, np.ndarray], rows: PackedRows) -> None:
-    """Append an output part's rows to ``rows``: the kind, and the non-null fields as JSON.
-    orjson, not json: encoding was the largest cost of our own code per group at 10,000 symbols
-    (json.dumps ~17 us a signal record, orjson ~2 us). orjson writes NaN as null, which is what
-    null means in the kernel's float columns (the backtest's Arrow path turns NaN to null too)."""
-    names = [c for c in part if c != KIND]
-    for values in zip(*(_plain(part[c], c in _INTEGRAL) for c in names), strict=True):
-        rows.records.append(orjson.dumps({k: v for k, v in zip(names, values, strict=True) if v is not None}).decode())
-    rows.kinds.extend(part[KIND].tolist())
-
-
-def _pack_count(symbol: str, processed: int, rows: PackedRows) -> None:
-    rows.kinds.append(KIND_COUNT)
-    rows.records.append(orjson.dumps({SYMBOL: symbol, PROCESSED: int(processed)}).decode())
-
-
-def _plain(values, integral: bool) -> list:
-    """Python scalars for JSON (numpy's int64 is no int to the json module); NaN stays NaN. A float
-    column of an integral field is written as integers: the JVM's JSON parser reads 85871.0 into a
-    bigint field as null (the Arrow path of the wide frame casts it)."""
-    if integral and isinstance(values, np.ndarray) and values.dtype.kind == "f":
-        return [None if v != v else int(v) for v in values.tolist()]
-    return values.tolist() if isinstance(values, np.ndarray) else list(values)
-
-
-_INTEGRAL = frozenset(f.name for f in OUTPUT_SCHEMA.fields if isinstance(f.dataType, T.IntegralType))
-
-
-_SYMBOL_POS = OUTPUT_COLUMNS.index(SYMBOL)
-_PROCESSED_POS = OUTPUT_COLUMNS.index(PROCESSED)
+def _frame(parts: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+    """OUTPUT_SCHEMA rows from output parts (a column a part lacks is null in its rows). Event time is
+    ``ts_ms`` here; the stream and backtest edges turn it into a timestamp. A NaN in a float column
+    stands for null: Arrow's transfer to Spark makes it null."""
+    data = {}
+    for col in OUTPUT_COLUMNS:
+        pieces = [p[col] if col in p else np.full(len(p[KIND]), None, dtype=object) for p in parts]
+        data[col] = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    return pd.DataFrame(data, copy=False)

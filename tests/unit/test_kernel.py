@@ -1,11 +1,9 @@
 """The per-symbol kernel: lateness, duplicates, ordering modes, emission, idle reset, ids."""
 
-import json
 
 import numpy as np
 import pandas as pd
 import pytest
-from pyspark.sql import types as T
 
 from marketsignals import kernel
 from marketsignals.kernel import KernelConfig, SymbolState
@@ -26,8 +24,8 @@ def ticks(ts, price=None, offsets=None, volume=500_000, exchange="XNAS"):
     })
 
 
-def run(frame, state=None, cfg=CFG, watermark=0, packed=False):
-    return kernel.process("AAPL", kernel.columns_of(frame), state or SymbolState(), cfg, watermark, packed=packed)
+def run(frame, state=None, cfg=CFG, watermark=0):
+    return kernel.process("AAPL", kernel.columns_of(frame), state or SymbolState(), cfg, watermark)
 
 
 def rejects(result):
@@ -200,40 +198,15 @@ def test_any_cut_gives_the_same_signals(cut):
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_packed_output_holds_the_same_rows_as_the_wide_output():
-    import math
-
-    frame = with_validation_reject(ticks([T0 + i * 1000 for i in range(40)] + [T0 + 39_000],
-                                         price=[100.0 + i * 0.37 for i in range(40)] + [100.0 + 39 * 0.37]))
-    wide = run(frame, cfg=KernelConfig(strategy=StrategySettings(), emission="every"))
-    packed = run(frame, cfg=KernelConfig(strategy=StrategySettings(), emission="every"), packed=True)
-    assert packed.output.kinds == wide.output.kind.tolist()
-    assert set(wide.output.kind) == {"signal", "reject", "count"}
-    for (_, row), record in zip(wide.output.iterrows(), packed.output.records, strict=True):
-        got = json.loads(record)
-        for col in kernel.OUTPUT_COLUMNS[1:]:
-            want = row[col]
-            if want is None or (isinstance(want, float) and math.isnan(want)):
-                assert got.get(col) is None, col  # null, as the wide frame's NaN becomes in Arrow
-            else:
-                assert got[col] == want, col
-                # the JVM parses the JSON into OUTPUT_SCHEMA: an integral field must be a JSON integer
-                integral = isinstance(kernel.OUTPUT_SCHEMA[col].dataType, T.IntegralType)
-                assert isinstance(got[col], int) == integral or isinstance(got[col], str), col
+def rows_of(output: pd.DataFrame) -> list[tuple]:
+    """An output frame's rows as tuples, nulls (None or NaN) as None, floats exactly (repr)."""
+    return [tuple(None if v is None or v != v else repr(v) if isinstance(v, float) else v for v in row)
+            for row in output.astype(object).itertuples(index=False)]
 
 
-def test_packed_output_writes_nan_as_null():
-    """NaN stands for null in the kernel's float columns; the wide frame's Arrow transfer makes it null,
-    and so must the packed JSON (plain json would write the token NaN, which Spark reads as NaN)."""
-    out = kernel._Output("AAPL")
-    out.parts.append({kernel.KIND: np.array([kernel.KIND_SIGNAL], dtype=object), "vwap": np.array([np.nan]),
-                      "price": np.array([101.25])})
-    record = json.loads(out.packed(1).records[0])
-    assert record == {"vwap": None, "price": 101.25}
-
-
-def _signals_of(symbol: str, rows: list[tuple[str, str]]) -> list[str]:
-    return [r for k, r in rows if k == kernel.KIND_SIGNAL and json.loads(r)["symbol"] == symbol]
+def _signals_of(symbol: str, rows: list[tuple]) -> list[tuple]:
+    kind, sym = kernel.OUTPUT_COLUMNS.index(kernel.KIND), kernel.OUTPUT_COLUMNS.index("symbol")
+    return [r for r in rows if r[kind] == kernel.KIND_SIGNAL and r[sym] == symbol]
 
 
 def _state_fields(state: SymbolState) -> tuple:
@@ -280,14 +253,14 @@ def test_a_bucket_of_symbols_gives_each_the_rows_and_state_it_gets_alone(orderin
                 frame = with_validation_reject(frame.iloc[:1]).iloc[1:]  # only a validation reject
             calls.append((s, kernel.columns_of(frame.reset_index(drop=True)), states[s]))
         watermark = clock - 5_000
-        rows, after = kernel.process_bucket(calls, cfg, watermark)
+        output, after = kernel.process_bucket(calls, cfg, watermark)
         want_rows, want_states = [], {}
         for s, cols, before in calls:
-            alone = kernel.process(s, cols, before, cfg, watermark, packed=True)
-            want_rows += list(zip(alone.output.kinds, alone.output.records, strict=True))
+            alone = kernel.process(s, cols, before, cfg, watermark)
+            want_rows += rows_of(alone.output)
             want_states[s] = alone.state
-            alone_signals += alone.output.kinds.count(kernel.KIND_SIGNAL)
-        got_rows = list(zip(rows.kinds, rows.records, strict=True))
+            alone_signals += int((alone.output.kind == kernel.KIND_SIGNAL).sum())
+        got_rows = rows_of(output)
         assert sorted(got_rows) == sorted(want_rows), f"batch {batch}"
         for s in symbols:  # and each symbol's signals in their order
             assert _signals_of(s, got_rows) == _signals_of(s, want_rows)

@@ -7,9 +7,9 @@ a key is called when it has data, or when its timer is below the watermark (Even
 
 from __future__ import annotations
 
+import itertools
 import pickle
 
-import orjson
 import pandas as pd
 import pytest
 from pyspark.sql import Row
@@ -29,10 +29,21 @@ def _state(blob: tuple | None, watermark: int, timeout: int, timed_out: bool) ->
                       True, blob is not None, False, False, timeout, b"", state.STATE_SCHEMA)
 
 
-def _tick(symbol: str, ts: int, i: int) -> str:
-    return orjson.dumps({"symbol": symbol, "ts_ms": ts, "price": 100.0 + (i * 7 % 11) * 0.5, "volume": 1000 + i,
-                         "bid": 99.5, "ask": 100.5, "exchange": "NYSE", "topic": "t", "partition": 0,
-                         "offset": i}).decode()
+def _tick(symbol: str, ts: int, i: int) -> dict:
+    return {"symbol": symbol, "ts_ms": ts, "price": 100.0 + (i * 7 % 11) * 0.5, "volume": 1000 + i, "bid": 99.5,
+            "ask": 100.5, "exchange": "NYSE", "topic": "t", "partition": 0, "offset": i, "reason": None, "raw": None}
+
+
+def _frames(ticks: list[dict]) -> list[pd.DataFrame]:
+    """The handler's input as Spark hands it over: typed columns, in frames of at most 5 ticks."""
+    frame = pd.DataFrame(ticks, columns=list(state.TICK_COLUMNS)).astype({"partition": "int32"})
+    return [frame.iloc[i:i + 5].reset_index(drop=True) for i in range(0, len(frame), 5)]
+
+
+def _rows(frame: pd.DataFrame) -> list[tuple]:
+    """Output rows as tuples, nulls (None or NaN) as None."""
+    return [tuple(None if v is None or v != v else v for v in row)
+            for row in frame.astype(object).itertuples(index=False)]
 
 
 class Spark:
@@ -43,7 +54,7 @@ class Spark:
         self.rows: dict[str, tuple] = {}
         self.timers: dict[str, int] = {}
 
-    def batch(self, watermark: int, ticks: dict[str, list[str]]) -> list[tuple[str, str]]:
+    def batch(self, watermark: int, ticks: dict[str, list[dict]]) -> list[tuple]:
         out = []
         for key in sorted(set(ticks) | set(self.rows)):
             timer = self.timers.get(key, GroupState.NO_TIMESTAMP)
@@ -51,9 +62,10 @@ class Spark:
             if key not in ticks and not timed_out:
                 continue
             gs = _state(self.rows.get(key), watermark, timer, timed_out)
-            frames = iter([pd.DataFrame({state.PACKED: ticks[key]})] if key in ticks else [])
+            frames = iter(_frames(ticks[key]) if key in ticks else [])
             for frame in self.handler((key,), frames, gs):
-                out += list(zip(frame[kernel.KIND], frame[kernel.RECORD], strict=True))
+                assert tuple(frame.columns) == kernel.OUTPUT_COLUMNS
+                out += _rows(frame)
             if gs.exists:
                 # what Spark's serializer reads back from the GroupState (no public getter)
                 self.rows[key], self.timers[key] = gs.get, gs._timeout_timestamp
@@ -69,8 +81,8 @@ def per_symbol_handler(cfg: KernelConfig):
     def handle(key, frames, gs):
         watermark = max(gs.getCurrentWatermarkMs(), 0)
         before = pickle.loads(gs.get[1]) if gs.exists else SymbolState()
-        cols = state.unpack([t for f in frames for t in f[state.PACKED].tolist()]).get(key[0], state._NO_TICKS)
-        result = kernel.process(key[0], cols, before, cfg, watermark, packed=True)
+        cols = state.by_symbol(frames).get(key[0], state._NO_TICKS)
+        result = kernel.process(key[0], cols, before, cfg, watermark)
         timeout = state._timeout(result.state, watermark, cfg)
         if timeout is None:
             if gs.exists:
@@ -78,7 +90,7 @@ def per_symbol_handler(cfg: KernelConfig):
         else:
             gs.update((0, pickle.dumps(result.state)))
             gs.setTimeoutTimestamp(timeout)
-        yield pd.DataFrame({kernel.KIND: result.output.kinds, kernel.RECORD: result.output.records})
+        yield result.output
 
     return handle
 
@@ -104,11 +116,17 @@ def test_a_bucket_makes_the_calls_and_keeps_the_timers_of_its_symbols(ordering):
     bucketed, keyed = Spark(state.make_handler(cfg, BUCKETS)), Spark(per_symbol_handler(cfg))
     offsets = iter(range(1_000))
     for n, (watermark, ticks) in enumerate(_batches()):
-        texts = {s: [_tick(s, t, next(offsets)) for t in ts] for s, ts in ticks.items()}
-        want = keyed.batch(watermark, texts)
-        got = bucketed.batch(watermark, {"bucket": [t for s in sorted(texts) for t in texts[s]]} if texts else {})
+        rows = {s: [_tick(s, t, next(offsets)) for t in ts] for s, ts in ticks.items()}
+        if n == 1:  # a validation reject: its null fields make float64 and object columns of the frame
+            rows["A"].insert(1, {**dict.fromkeys(state.TICK_COLUMNS), "symbol": "A", "topic": "t", "partition": 0,
+                                 "offset": next(offsets), "reason": "not_json", "raw": "{"})
+        want = keyed.batch(watermark, rows)
+        # the bucket's ticks interleaved across its symbols, as they come from Kafka
+        mixed = [t for group in itertools.zip_longest(*rows.values()) for t in group if t is not None]
+        got = bucketed.batch(watermark, {"bucket": mixed} if mixed else {})
         assert got == want, f"batch {n}"
-        counts = {orjson.loads(r)["symbol"]: orjson.loads(r)["processed"] for k, r in got if k == kernel.KIND_COUNT}
+        kind, symbol, processed = (kernel.OUTPUT_COLUMNS.index(c) for c in (kernel.KIND, "symbol", kernel.PROCESSED))
+        counts = {r[symbol]: r[processed] for r in got if r[kind] == kernel.KIND_COUNT}
         if n == 1 and ordering == "event_time":  # B had no ticks: its timer released its pending ones
             assert counts.get("B", 0) > 0, counts
         if n == 3:  # B idle past the timeout: evicted by its timer, A still held

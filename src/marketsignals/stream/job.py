@@ -85,13 +85,12 @@ def signal_stream(raw: DataFrame, settings: Settings) -> DataFrame:
     marker = F.lit(None).cast("long").alias(EVENT_TIME, metadata={WATERMARK_DELAY_KEY: delay_ms})
     buckets = settings.stream.state_buckets
     handler = state.make_handler(kernel_config(settings), buckets)
-    out = (
-        ticks.select(state.bucket_of(F.col(SYMBOL), buckets), marker, state.packed_tick())
+    return (
+        ticks.select(state.bucket_of(F.col(SYMBOL), buckets), marker, *state.TICK_COLUMNS)
         .groupBy(state.BUCKET)
-        .applyInPandasWithState(handler, kernel.PACKED_OUTPUT_SCHEMA, state.STATE_SCHEMA, "append",
+        .applyInPandasWithState(handler, kernel.OUTPUT_SCHEMA, state.STATE_SCHEMA, "append",
                                 GroupStateTimeout.EventTimeTimeout)
     )
-    return state.unpacked_output(out)
 
 
 def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListener | None = None) -> StreamingQuery:

@@ -13,9 +13,8 @@ import pickle
 from collections.abc import Iterator
 
 import numpy as np
-import orjson
 import pandas as pd
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming.state import GroupState
@@ -43,51 +42,33 @@ def bucket_of(symbol: Column, buckets: int) -> Column:
     return F.pmod(F.xxhash64(symbol), F.lit(buckets)).cast("int").alias(BUCKET)
 
 
-# The handler's input besides the key: each tick's fields as one JSON text (nulls left out).
-# applyInPandasWithState turns every input column of every group into a pandas Series of its own;
-# with the eleven fields as columns that conversion was the largest cost of the Python workers at
-# 10,000 symbols (py-spy: 36 % of their time), one column per group is far cheaper to hand over and
-# the JSON is parsed in one pass. Doubles come back exactly: Java's Double.toString round-trips.
-PACKED = "tick"
-PACKED_FIELDS: dict[str, type] = {SYMBOL: object, **kernel.TICK_DTYPES, EXCHANGE: object, TOPIC: object,
-                                  REASON: object, RAW: object}
+# The handler's input besides the key and the watermark marker: each tick's fields as columns, and its
+# output is OUTPUT_SCHEMA's columns. (For a while both were JSON text, one per tick and one per output
+# row: with the symbol as the key, Spark's Arrow-to-pandas work per column and group was most of the
+# Python workers' time at 10,000 symbols. A batch now has at most stream.state_buckets groups, and the
+# JVM's to_json and from_json on both sides of Python cost more than the columns; README, Performance.)
+TICK_COLUMNS: tuple[str, ...] = (SYMBOL, *kernel.TICK_DTYPES, EXCHANGE, TOPIC, REASON, RAW)
 
 
-def packed_tick() -> Column:
-    """The input column the handler reads (see PACKED)."""
-    return F.to_json(F.struct(*PACKED_FIELDS)).alias(PACKED)
+def by_symbol(frames: Iterator[pd.DataFrame]) -> dict[str, Columns]:
+    """A bucket's ticks split by symbol as the kernel's columns: symbols in the order they first come,
+    each symbol's ticks in input order. A column holding a validation reject may come as float64 or
+    object (Arrow gives a null int as NaN): the kernel types the valid ticks' columns once rejects are out."""
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return {}
+    cols = {c: np.concatenate([f[c].to_numpy() for f in frames]) if len(frames) > 1 else frames[0][c].to_numpy()
+            for c in TICK_COLUMNS}
+    codes, symbols = pd.factorize(cols[SYMBOL])
+    if len(symbols) == 1:
+        return {symbols[0]: cols}
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(symbols) + 1)).tolist()
+    cols = {c: v[order] for c, v in cols.items()}
+    return {symbol: {c: v[bounds[i]:bounds[i + 1]] for c, v in cols.items()} for i, symbol in enumerate(symbols)}
 
 
-def unpacked_output(out: DataFrame) -> DataFrame:
-    """The handler's PACKED_OUTPUT_SCHEMA rows as OUTPUT_SCHEMA rows (JSON parsed in the JVM; the kernel
-    writes a NaN as null, see kernel._Output.packed)."""
-    fields = T.StructType([f for f in kernel.OUTPUT_SCHEMA.fields if f.name != kernel.KIND])
-    parsed = F.from_json(F.col(kernel.RECORD), fields)
-    return out.select(kernel.KIND, parsed.alias(kernel.RECORD)).select(kernel.KIND, f"{kernel.RECORD}.*")
-
-
-def unpack(texts: list[str]) -> dict[str, Columns]:
-    """Each symbol's ticks as the kernel's columns, from packed ticks (in their input order). A
-    validation reject lacks fields (null): its column falls back to object dtype and the kernel types
-    the valid ticks' columns once rejects are out."""
-    by_symbol: dict[str, list[dict]] = {}
-    for row in orjson.loads("[" + ",".join(texts) + "]"):  # one parse per group (~8x json's speed)
-        by_symbol.setdefault(row.get(SYMBOL, ""), []).append(row)
-    return {symbol: _columns(rows) for symbol, rows in by_symbol.items()}
-
-
-def _columns(rows: list[dict]) -> Columns:
-    cols: Columns = {}
-    for name, dtype in PACKED_FIELDS.items():
-        values = [r.get(name) for r in rows]
-        try:
-            cols[name] = np.array(values, dtype=dtype)
-        except (TypeError, ValueError):  # a None among ints
-            cols[name] = np.array(values, dtype=object)
-    return cols
-
-
-_NO_TICKS: Columns = _columns([])
+_NO_TICKS: Columns = {c: np.empty(0, dtype=kernel.TICK_DTYPES.get(c, object)) for c in TICK_COLUMNS}
 
 # A bucket's state as one pickled blob, (buckets, {symbol: (timeout, pickled SymbolState)}): Spark only
 # stores bytes, the kernel owns the layout. A symbol's own state stays pickled until it ticks or its
@@ -130,12 +111,12 @@ def make_handler(cfg: KernelConfig, buckets: int):
     def handle(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
         watermark = max(state.getCurrentWatermarkMs(), 0)
         bucket = load_bucket(state, buckets)
-        ticks = unpack([t for frame in frames for t in frame[PACKED].tolist()])
+        ticks = by_symbol(frames)
         due = [s for s, (timeout, _) in bucket.items() if timeout < watermark and s not in ticks]
         symbols = [*ticks, *due]
         calls = [(symbol, ticks.get(symbol, _NO_TICKS),
                   pickle.loads(bucket[symbol][1]) if symbol in bucket else SymbolState()) for symbol in symbols]
-        rows, after = kernel.process_bucket(calls, cfg, watermark)
+        output, after = kernel.process_bucket(calls, cfg, watermark)
         for symbol, symbol_state in zip(symbols, after, strict=True):
             timeout = _timeout(symbol_state, watermark, cfg)
             if timeout is None:
@@ -143,7 +124,7 @@ def make_handler(cfg: KernelConfig, buckets: int):
             else:
                 bucket[symbol] = (timeout, pickle.dumps(symbol_state, protocol=pickle.HIGHEST_PROTOCOL))
         _save(bucket, buckets, state)
-        yield pd.DataFrame({kernel.KIND: rows.kinds, kernel.RECORD: rows.records})
+        yield output
 
     return handle
 
