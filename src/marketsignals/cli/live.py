@@ -47,6 +47,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "--bad", f"all={args.bad}", "--no-progress"]
     job_cmd = [*cli, "stream", *passthrough]
     children: list[tuple[str, subprocess.Popen]] = []
+    log_paths = {name: logs / f"{name}.log" for name in ("stream", "feed")}
     log_starts: dict[str, int] = {}  # the logs are appended to: this run's part starts here
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -54,19 +55,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     deadline = time.monotonic() + args.duration if args.duration else None
     try:
         for name, cmd in (("stream", job_cmd), ("feed", feed_cmd)):
-            log_starts[name] = (logs / f"{name}.log").stat().st_size if (logs / f"{name}.log").exists() else 0
-            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 (closed with the child below)
+            log_starts[name] = log_paths[name].stat().st_size if log_paths[name].exists() else 0
+            log = open(log_paths[name], "ab")  # noqa: SIM115 (closed with the child below)
             # own session: Ctrl-C in the terminal reaches only this process, which stops the children
             children.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                     stdin=subprocess.DEVNULL, start_new_session=True)))
-            print(f"live: started {name} (pid {children[-1][1].pid}, log {logs / (name + '.log')})", flush=True)
+            print(f"live: started {name} (pid {children[-1][1].pid}, log {log_paths[name]})", flush=True)
         from marketsignals.console import watch
 
         def should_stop() -> bool:
             for name, proc in children:
                 if proc.poll() is not None:
-                    print(f"live: {name} exited with code {proc.returncode}; see {logs / (name + '.log')}")
-                    reason = last_error(logs / f"{name}.log", log_starts[name])
+                    print(f"live: {name} exited with code {proc.returncode}; see {log_paths[name]}")
+                    reason = last_error(log_paths[name], log_starts[name])
                     if reason:
                         print(f"live: {reason}")
                         from marketsignals.stream.job import IncompatibleCheckpoint
