@@ -1,6 +1,5 @@
 """The per-symbol kernel: lateness, duplicates, ordering modes, emission, idle reset, ids."""
 
-
 import numpy as np
 import pandas as pd
 import pytest
