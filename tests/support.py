@@ -143,3 +143,10 @@ def audit_log_batches(table: Path) -> tuple[set[int], set[int]]:
             elif (batch := audit_commit_batch((action.get("commitInfo") or {}).get("userMetadata"))) is not None:
                 tagged.add(batch)
     return tagged, txn
+
+
+def output_rows(frame) -> list[tuple]:
+    """The kernel's output frame as row tuples for comparison: nulls (None or NaN) as None, floats
+    exactly (their repr)."""
+    return [tuple(None if v is None or v != v else repr(v) if isinstance(v, float) else v for v in row)
+            for row in frame.astype(object).itertuples(index=False)]

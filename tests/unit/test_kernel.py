@@ -7,6 +7,7 @@ import pytest
 from marketsignals import kernel
 from marketsignals.kernel import KernelConfig, SymbolState
 from marketsignals.settings import StrategySettings
+from support import output_rows
 
 CFG = KernelConfig(strategy=StrategySettings(), watermark_delay_ms=30_000, idle_timeout_ms=3_600_000)
 T0 = 1_767_312_000_000
@@ -197,12 +198,6 @@ def test_any_cut_gives_the_same_signals(cut):
     pd.testing.assert_frame_equal(a, b)
 
 
-def rows_of(output: pd.DataFrame) -> list[tuple]:
-    """An output frame's rows as tuples, nulls (None or NaN) as None, floats exactly (repr)."""
-    return [tuple(None if v is None or v != v else repr(v) if isinstance(v, float) else v for v in row)
-            for row in output.astype(object).itertuples(index=False)]
-
-
 def _signals_of(symbol: str, rows: list[tuple]) -> list[tuple]:
     kind, sym = kernel.OUTPUT_COLUMNS.index(kernel.KIND), kernel.OUTPUT_COLUMNS.index("symbol")
     return [r for r in rows if r[kind] == kernel.KIND_SIGNAL and r[sym] == symbol]
@@ -256,10 +251,10 @@ def test_a_bucket_of_symbols_gives_each_the_rows_and_state_it_gets_alone(orderin
         want_rows, want_states = [], {}
         for s, cols, before in calls:
             alone = kernel.process(s, cols, before, cfg, watermark)
-            want_rows += rows_of(alone.output)
+            want_rows += output_rows(alone.output)
             want_states[s] = alone.state
             alone_signals += int((alone.output.kind == kernel.KIND_SIGNAL).sum())
-        got_rows = rows_of(output)
+        got_rows = output_rows(output)
         assert sorted(got_rows) == sorted(want_rows), f"batch {batch}"
         for s in symbols:  # and each symbol's signals in their order
             assert _signals_of(s, got_rows) == _signals_of(s, want_rows)

@@ -19,6 +19,7 @@ from marketsignals import kernel
 from marketsignals.kernel import KernelConfig, SymbolState
 from marketsignals.settings import StrategySettings
 from marketsignals.stream import state
+from support import output_rows
 
 BUCKETS = 4
 T0 = 1_767_312_000_000
@@ -40,12 +41,6 @@ def _frames(ticks: list[dict]) -> list[pd.DataFrame]:
     return [frame.iloc[i:i + 5].reset_index(drop=True) for i in range(0, len(frame), 5)]
 
 
-def _rows(frame: pd.DataFrame) -> list[tuple]:
-    """Output rows as tuples, nulls (None or NaN) as None."""
-    return [tuple(None if v is None or v != v else v for v in row)
-            for row in frame.astype(object).itertuples(index=False)]
-
-
 class Spark:
     """Keys, their state rows and timers across batches, called as Spark calls them."""
 
@@ -65,7 +60,7 @@ class Spark:
             frames = iter(_frames(ticks[key]) if key in ticks else [])
             for frame in self.handler((key,), frames, gs):
                 assert tuple(frame.columns) == kernel.OUTPUT_COLUMNS
-                out += _rows(frame)
+                out += output_rows(frame)
             if gs.exists:
                 # what Spark's serializer reads back from the GroupState (no public getter)
                 self.rows[key], self.timers[key] = gs.get, gs._timeout_timestamp
