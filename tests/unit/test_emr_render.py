@@ -531,6 +531,8 @@ def test_runtime_requirements_leave_pyspark_to_emr():
     assert not any(r.startswith("pyspark") for r in with_deps + without_deps)
     assert without_deps == ["delta-spark==4.0.0"]
     assert any(r.startswith("pandas==") for r in with_deps)
+    # the extras (tests, bench/) stay out of the cluster's environment
+    assert not any(r.startswith(("orjson", "pytest", "moto")) for r in with_deps + without_deps)
 
 
 def test_manifest_lists_every_file_with_its_sha256(artifact):
