@@ -26,6 +26,7 @@ def test_future_ticks_are_judged_against_processing_time(spark, base_settings):
 def test_the_batch_time_is_not_compiled_into_the_code(spark, base_settings):
     # current_timestamp() differs per query (per micro-batch in a stream). Were it a literal in the
     # generated Java, the validation's ~45 KB projection would be compiled again every batch.
+    assert not spark.streams.active, "a query left running by another test would compile code meanwhile"
     jvm = spark.sparkContext._jvm
     compilations = jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
     raw = _kafka_rows(spark, [int(time.time() * 1000)])
