@@ -1,9 +1,12 @@
-"""The worker-side zip importer fix (marketsignals.pyworker), in this process, on a real zip."""
+"""The Python workers' set-up (marketsignals.pyworker): the zip importer fix, in this process on a
+real zip; the frozen import heap, here and in Spark's own workers."""
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
+import weakref
 import zipfile
 import zipimport
 
@@ -11,7 +14,7 @@ import pytest
 
 from marketsignals import pyworker
 
-pytestmark = pytest.mark.skipif(sys.version_info >= (3, 12), reason="Python 3.12+ invalidates zip caches lazily")
+zip_caches = pytest.mark.skipif(sys.version_info >= (3, 12), reason="Python 3.12+ invalidates zip caches lazily")
 
 
 @pytest.fixture
@@ -28,6 +31,7 @@ def zipped_package(tmp_path, monkeypatch):
         sys.modules.pop(name, None)
 
 
+@zip_caches
 def test_a_worker_keeps_the_directories_it_read_and_still_imports_from_the_archive(zipped_package):
     import zpkg.a
 
@@ -53,6 +57,7 @@ def test_a_worker_keeps_the_directories_it_read_and_still_imports_from_the_archi
     assert type(sys.path_importer_cache[str(zipped_package / "zpkg")]) is pyworker.ArchiveImporter
 
 
+@zip_caches
 def test_outside_a_worker_nothing_changes(zipped_package):
     import zpkg.a  # noqa: F401
 
@@ -61,3 +66,45 @@ def test_outside_a_worker_nothing_changes(zipped_package):
     assert not pyworker.keep_archive_directories()  # the driver: pyspark says it is not a worker
     assert sys.path_hooks == hooks
     assert type(sys.path_importer_cache[str(zipped_package)]) is zipimport.zipimporter
+
+
+def test_a_worker_freezes_what_its_imports_made_and_still_collects_what_comes_later():
+    assert gc.get_freeze_count() == 0, "something froze the test process's heap"
+    try:
+        assert pyworker.freeze_import_heap(on_worker=True)
+        assert gc.get_freeze_count() > 1000  # pytest, pyspark, pandas ... are all imported here
+
+        class Cycle:
+            pass
+
+        cycle = Cycle()
+        cycle.self = cycle
+        ref = weakref.ref(cycle)
+        del cycle
+        gc.collect()
+        assert ref() is None, "a cycle made after the freeze was not collected"
+    finally:
+        gc.unfreeze()
+
+
+def test_the_driver_freezes_nothing():
+    import marketsignals.stream.state  # noqa: F401  (its import prepares a worker)
+
+    assert not pyworker.freeze_import_heap()
+    assert gc.get_freeze_count() == 0
+
+
+def test_spark_workers_that_run_the_handler_are_prepared(spark):
+    def report(frames):
+        import gc
+
+        import pandas as pd
+
+        import marketsignals.stream.state  # noqa: F401  (what a worker running the handler imports)
+        from marketsignals import pyworker
+
+        for _ in frames:
+            yield pd.DataFrame({"frozen": [gc.get_freeze_count()], "prepared": [pyworker._prepared]})
+
+    rows = spark.range(2).repartition(2).mapInPandas(report, "frozen long, prepared boolean").collect()
+    assert rows and all(r.prepared and r.frozen > 1000 for r in rows), rows

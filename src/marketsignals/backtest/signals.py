@@ -11,7 +11,7 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from marketsignals import kernel
+from marketsignals import kernel, pyworker
 from marketsignals.kernel import KIND, KIND_REJECT, KernelConfig, SymbolState
 from marketsignals.schema import (
     ASK,
@@ -50,6 +50,7 @@ def kernel_output(valid: DataFrame, cfg: KernelConfig) -> DataFrame:
                                            "string", "int", "bigint", "string"), strict=True)]
 
     def run(key: tuple, pdf: pd.DataFrame) -> pd.DataFrame:
+        pyworker.prepare()  # a closure: Spark does not import this module in the worker
         ticks = kernel.columns_of(pdf.drop(columns=[c for c in (PARTITION, OFFSET, TOPIC)
                                                     if pdf[c].isna().all()]))
         return kernel.process(key[0], ticks, SymbolState(), cfg, watermark_ms=None).output

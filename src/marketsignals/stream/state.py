@@ -19,14 +19,14 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming.state import GroupState
 
-from marketsignals import kernel
+from marketsignals import kernel, pyworker
 from marketsignals.kernel import Columns, KernelConfig, SymbolState
-from marketsignals.pyworker import keep_archive_directories
 from marketsignals.schema import EXCHANGE, RAW, REASON, SYMBOL, TOPIC
 
 # A Spark Python worker imports this module to run the handler: from then on its tasks no longer
-# re-read every zip archive on its path (pyworker; a no-op in the driver and on Python 3.12+).
-keep_archive_directories()
+# re-read every zip archive on its path, and its garbage collections skip what the imports made
+# (pyworker; a no-op in the driver).
+pyworker.prepare()
 
 # Spark's per-group cost: applyInPandasWithState hands every group its own pandas frames, state row
 # and GroupState, and turns every group's output into Arrow on its own -- at 10,000 symbols that
