@@ -12,8 +12,8 @@ that keep the directory they read. Spark never rewrites an archive in place whil
 
 PySpark's daemon also runs a full ``gc.collect()`` after every task of a reused worker, and Python runs
 full collections of its own as a task allocates. Each walked every object the worker's imports had
-made (pandas, pyarrow, numpy, pyspark: ~92,000 objects), 60-85 ms of CPU here, about a quarter of the
-Python workers' CPU on 5,000-tick micro-batches. :func:`freeze_import_heap` moves those objects to the
+made (pandas, pyarrow, numpy, pyspark: ~92,000 objects), 60-85 ms of CPU here: 28 % of the Python
+workers' CPU on 5,000-tick micro-batches. :func:`freeze_import_heap` moves those objects to the
 collector's permanent generation once, so a collection walks only what tasks made since (~1 ms).
 """
 

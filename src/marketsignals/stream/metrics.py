@@ -8,7 +8,7 @@ PySpark's own listener plumbing turns each progress into Python objects field by
 the listener sees it. Every Java map it reads (durationMs, eventTime, each operator's and source's
 metrics) ends in a Java exception, which is how Py4J's iterators stop, and PySpark inspects each
 exception with class lookups that search the whole classpath: ~340 ms per micro-batch here (60 ms of
-it Python CPU in the driver, the rest the listener thread's JVM), against ~2 ms for the progress's
+it Python CPU in the driver, most of the rest the listener thread's JVM), against ~2 ms for the progress's
 JSON text. So :class:`MetricsListener` registers :class:`ProgressAsJson` as its Py4J listener, which
 hands it that text (README, Performance, eighth round).
 """
