@@ -1,5 +1,5 @@
-"""What the Spark Python workers that run the kernel set up once per process (:func:`prepare`, called
-when a worker imports the module of a function Spark runs there).
+"""What the Spark Python workers that run the kernel set up once per process (:func:`prepare`: the
+stream's handler module calls it when a worker imports it, the backtest's function when it first runs).
 
 PySpark calls ``importlib.invalidate_caches()`` before every task. On Python 3.10 and 3.11 a zip
 importer's ``invalidate_caches()`` reads its whole archive's directory again, and Spark puts
