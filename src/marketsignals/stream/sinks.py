@@ -44,55 +44,84 @@ from marketsignals.stream.source import client_options
 _log = logging.getLogger(__name__)
 
 EVENT_DATE = "event_date"
+REJECTED_AT = "rejected_at"
 
 
-def processing_time(at: datetime) -> Column:
-    """``at`` as a timestamp Column whose generated code is the same for every value.
+class RecordColumns:
+    """The sink's column expressions, built once per query and reused by every batch.
 
-    Spark inlines timestamp literals -- ``current_timestamp()`` too, once the optimizer fixes it --
-    into the Java code it generates, so a new value every micro-batch means a new Janino compile and
-    new classes for the JIT to compile again, every batch (measured: most of the JVM's CPU on small
-    batches). A string literal is passed by reference instead, and the concatenation with an empty
-    piece of a column keeps the optimizer from folding the cast back into a timestamp literal.
+    PySpark 4.0 records the Python call site of every ``functions``/``Column`` call it makes (five
+    Py4J round trips around each: the active session, a class lookup, a conf read, set and clear),
+    so building the counts, records and Kafka rows anew each batch was most of the driver's ~2,300
+    Py4J calls and ~0.35 s of its Python CPU per batch (README, Performance, ninth round). Column
+    expressions belong to no DataFrame or batch: only the processing-time literal is new per batch.
     """
-    text = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return F.concat(F.lit(text), F.substring(F.col(KIND), 1, 0)).cast("timestamp")
+
+    def __init__(self) -> None:
+        kind = F.col(KIND)
+        self.signal = kind == KIND_SIGNAL
+        self.reject = kind == KIND_REJECT
+        self.record = self.signal | self.reject  # rows the sinks write (not the count rows)
+        self._empty_text = F.substring(kind, 1, 0)
+        event_time = F.timestamp_millis(F.col(TS_MS))
+        self._signal_fields = {name: event_time.alias(EVENT_TIME) if name == EVENT_TIME else F.col(name)
+                               for name in SIGNAL_COLUMNS if name != EMITTED_AT}
+        self._dead_letter_fields = {f.name: F.col(f.name) for f in DEAD_LETTER_SCHEMA.fields if f.name != REJECTED_AT}
+        self.event_date = F.to_date(event_time).alias(EVENT_DATE)
+        self.key = F.col(SYMBOL).cast("string").alias("key")
+        self.counts = [
+            F.coalesce(F.sum(F.when(kind == KIND_COUNT, F.col(PROCESSED))), F.lit(0)).alias("processed"),
+            F.count(F.when(self.signal, 1)).alias("signals"),
+            *[F.count(F.when(self.reject & (F.col(REASON) == r), 1)).alias(r) for r in Reason.ALL],
+        ]
+
+    def processing_time(self, at: datetime) -> Column:
+        """``at`` as a timestamp Column whose generated code is the same for every value.
+
+        Spark inlines timestamp literals -- ``current_timestamp()`` too, once the optimizer fixes it --
+        into the Java code it generates, so a new value every micro-batch means a new Janino compile
+        and new classes for the JIT to compile again, every batch (measured: most of the JVM's CPU on
+        small batches). A string literal is passed by reference instead, and the concatenation with an
+        empty piece of a column keeps the optimizer from folding the cast back into a timestamp literal.
+        """
+        text = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return F.concat(F.lit(text), self._empty_text).cast("timestamp")
+
+    def signal_fields(self, emitted_at: Column) -> list[Column]:
+        """The SPEC §4 signal record's columns, in order, from the kernel's output columns."""
+        return [emitted_at.alias(EMITTED_AT) if name == EMITTED_AT else self._signal_fields[name]
+                for name in SIGNAL_COLUMNS]
+
+    def dead_letter_fields(self, rejected_at: Column) -> list[Column]:
+        """The SPEC §1 dead-letter record's columns, in order, from the kernel's reject rows."""
+        return [rejected_at.alias(REJECTED_AT) if f.name == REJECTED_AT else self._dead_letter_fields[f.name]
+                for f in DEAD_LETTER_SCHEMA.fields]
+
+    def signals(self, out: DataFrame, emitted_at: Column, *extra: Column) -> DataFrame:
+        """The signal records of the kernel's output rows (then the ``extra`` columns)."""
+        return out.filter(self.signal).select(*self.signal_fields(emitted_at), *extra)
+
+    def batch_counts(self, out: DataFrame) -> dict[str, int]:
+        """processed / signals / rejects by reason of one batch, as one aggregate row."""
+        row = out.agg(*self.counts).first()
+        counts = row.asDict() if row else {}
+        rejects = {r: int(counts.pop(r)) for r in Reason.ALL if counts.get(r)}
+        return {"processed": int(counts.get("processed", 0)), "signals": int(counts.get("signals", 0)),
+                "rejected": sum(rejects.values()), "rejects": rejects}
+
+    def kafka_records(self, out: DataFrame, now: Column, signals_topic: str, dead_letter_topic: str) -> DataFrame:
+        """Signals and dead letters as Kafka rows in one pass over the kernel's output: key = symbol,
+        value = the record as JSON (a dead letter's null fields written as null, not left out), and
+        each row's topic (the Kafka sink takes it per row)."""
+        value = (F.when(self.signal, F.to_json(F.struct(*self.signal_fields(now))))
+                 .otherwise(F.to_json(F.struct(*self.dead_letter_fields(now)), {"ignoreNullFields": "false"})))
+        topic = F.when(self.signal, F.lit(signals_topic)).otherwise(F.lit(dead_letter_topic))
+        return out.filter(self.record).select(self.key, value.alias("value"), topic.alias("topic"))
 
 
 def signal_records(out: DataFrame, emitted_at: Column | None = None) -> DataFrame:
-    """SPEC §4 signal records from the kernel's output rows (emitted_at = batch processing time)."""
-    return (out.filter(F.col(KIND) == KIND_SIGNAL)
-            .withColumn(EVENT_TIME, F.timestamp_millis(F.col(TS_MS)))
-            .withColumn(EMITTED_AT, F.current_timestamp() if emitted_at is None else emitted_at)
-            .select(*SIGNAL_COLUMNS))
-
-
-def dead_letter_records(out: DataFrame, rejected_at: Column | None = None) -> DataFrame:
-    """SPEC §1 dead-letter records from the kernel's reject rows."""
-    return (out.filter(F.col(KIND) == KIND_REJECT)
-            .withColumn("rejected_at", F.current_timestamp() if rejected_at is None else rejected_at)
-            .select(*[f.name for f in DEAD_LETTER_SCHEMA.fields]))
-
-
-def to_kafka_records(df: DataFrame, key_col: str = SYMBOL, nulls: bool = False) -> DataFrame:
-    """key = symbol, value = the record as JSON (``nulls``: null fields written as null, not left out)."""
-    options = {"ignoreNullFields": "false"} if nulls else {}
-    return df.select(F.col(key_col).cast("string").alias("key"),
-                     F.to_json(F.struct(*df.columns), options).alias("value"))
-
-
-def batch_counts(out: DataFrame) -> dict[str, int]:
-    """processed / signals / rejects by reason of one batch, as one aggregate row."""
-    aggs = [
-        F.coalesce(F.sum(F.when(F.col(KIND) == KIND_COUNT, F.col(PROCESSED))), F.lit(0)).alias("processed"),
-        F.count(F.when(F.col(KIND) == KIND_SIGNAL, 1)).alias("signals"),
-        *[F.count(F.when((F.col(KIND) == KIND_REJECT) & (F.col(REASON) == r), 1)).alias(r) for r in Reason.ALL],
-    ]
-    row = out.agg(*aggs).first()
-    counts = row.asDict() if row else {}
-    rejects = {r: int(counts.pop(r)) for r in Reason.ALL if counts.get(r)}
-    return {"processed": int(counts.get("processed", 0)), "signals": int(counts.get("signals", 0)),
-            "rejected": sum(rejects.values()), "rejects": rejects}
+    """SPEC §4 signal records from the kernel's output rows (emitted_at: now, unless given)."""
+    return RecordColumns().signals(out, F.current_timestamp() if emitted_at is None else emitted_at)
 
 
 @dataclass
@@ -109,6 +138,7 @@ class SignalSink:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _audited_through: int | None = field(default=None, init=False)  # this query's newest batch in the table
     _audit_checked: bool = field(default=False, init=False)  # Delta's txnVersion check done this run
+    _record_columns: RecordColumns | None = field(default=None, init=False)
 
     def __call__(self, out: DataFrame, batch_id: int) -> None:
         kafka = self.settings.kafka
@@ -122,24 +152,22 @@ class SignalSink:
             clock = now_s
 
         out = materialised(out)
+        columns = self._columns()
         try:
-            counts = batch_counts(out)
+            counts = columns.batch_counts(out)
             lap("compute")  # source, validation, the stateful kernel, and the counts
             # one processing time for the batch: Kafka and the audit table carry the same emitted_at
-            now = processing_time(datetime.now(UTC))
-            signals = signal_records(out, now)
+            now = columns.processing_time(datetime.now(UTC))
             writes: dict[str, Callable[[], None]] = {}
             if counts["signals"] or counts["rejected"]:
-                # signals and dead letters in one Kafka write (the sink takes the topic per row), in
-                # one task: a few hundred rows do not pay for a task per shuffle partition and kind
-                records = to_kafka_records(signals).withColumn("topic", F.lit(kafka.signals_topic)).unionByName(
-                    to_kafka_records(dead_letter_records(out, now), nulls=True)
-                    .withColumn("topic", F.lit(kafka.dead_letter_topic)))
+                # signals and dead letters in one Kafka write, in one task: a few hundred rows do not
+                # pay for a task per shuffle partition and kind
+                records = columns.kafka_records(out, now, kafka.signals_topic, kafka.dead_letter_topic)
                 writes["kafka"] = records.coalesce(1).write.format("kafka").options(**client_options(kafka)).save
             if counts["signals"] and not self.audited(out, batch_id):
                 # one task, so one file per event date per batch (not one per shuffle partition)
                 app_id = self.app_id(out)
-                audit = (signals.withColumn(EVENT_DATE, F.to_date(EVENT_TIME)).coalesce(1)
+                audit = (columns.signals(out, now, columns.event_date).coalesce(1)
                          .write.format("delta").mode("append").partitionBy(EVENT_DATE)
                          .options(**self.settings.stream.audit_table_properties)  # used when it creates the table
                          .option("userMetadata", audit_commit_tag(app_id, batch_id)))
@@ -152,6 +180,11 @@ class SignalSink:
             self.on_counts(batch_id, {**counts, "sink_ms": phase_ms})
         finally:
             release(out)
+
+    def _columns(self) -> RecordColumns:
+        if self._record_columns is None:  # at the first batch: Columns need the running SparkContext
+            self._record_columns = RecordColumns()
+        return self._record_columns
 
     def audited(self, out: DataFrame, batch_id: int) -> bool:
         """Whether the audit table already holds this batch: looked up at the run's first audit write
