@@ -53,6 +53,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     deadline = time.monotonic() + args.duration if args.duration else None
+    ended: list[int] = []  # a child that exits by itself (the job or the feed stopped): live fails too
     try:
         for name, cmd in (("stream", job_cmd), ("feed", feed_cmd)):
             log_starts[name] = log_paths[name].stat().st_size if log_paths[name].exists() else 0
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         def should_stop() -> bool:
             for name, proc in children:
                 if proc.poll() is not None:
+                    ended.append(proc.returncode)
                     print(f"live: {name} exited with code {proc.returncode}; see {log_paths[name]}")
                     reason = last_error(log_paths[name], log_starts[name])
                     if reason:
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             _stop(name, proc)
         if not args.keep_broker:
             broker.down()
-    return 0
+    return next((code for code in ended if code > 0), 1) if ended else 0  # killed by a signal: 1
 
 
 def last_error(log: Path, start: int = 0) -> str | None:
