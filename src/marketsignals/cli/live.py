@@ -53,7 +53,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     deadline = time.monotonic() + args.duration if args.duration else None
-    ended: list[int] = []  # a child that exits by itself (the job or the feed stopped): live fails too
+    exit_code = 0  # a child that exits by itself (the job or the feed stopped): live fails too
     try:
         for name, cmd in (("stream", job_cmd), ("feed", feed_cmd)):
             log_starts[name] = log_paths[name].stat().st_size if log_paths[name].exists() else 0
@@ -65,9 +65,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         from marketsignals.console import watch
 
         def should_stop() -> bool:
+            nonlocal exit_code
             for name, proc in children:
                 if proc.poll() is not None:
-                    ended.append(proc.returncode)
+                    exit_code = proc.returncode if proc.returncode > 0 else 1  # by a signal, or 0: still 1
                     print(f"live: {name} exited with code {proc.returncode}; see {log_paths[name]}")
                     reason = last_error(log_paths[name], log_starts[name])
                     if reason:
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             _stop(name, proc)
         if not args.keep_broker:
             broker.down()
-    return next((code for code in ended if code > 0), 1) if ended else 0  # killed by a signal: 1
+    return exit_code
 
 
 def last_error(log: Path, start: int = 0) -> str | None:
