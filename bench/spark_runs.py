@@ -50,10 +50,23 @@ def _summary(progress: list[dict], wall_s: float) -> dict:
         "ticks_per_s_wall": round(rows / wall_s, 1) if wall_s else None,
         "batch_ms_median": median([m["batch_duration_ms"] for m in busy]) if busy else None,
         "add_batch_ms_median": median([m["duration_ms"].get("addBatch", 0) for m in busy]) if busy else None,
+        "phase_ms_median": _phases(busy),
         "state_rows": last.get("state_rows"),
         "state_memory_mb": round((last.get("state_memory_bytes") or 0) / 2**20, 1),
         "signals": sum(m.get("signals", 0) for m in progress), "rejected": sum(m.get("rejected", 0) for m in progress),
     }
+
+
+def _phases(busy: list[dict]) -> dict[str, float]:
+    """Where a batch's time goes: the median milliseconds of each phase over the data batches --
+    Spark's own (``durationMs``: queryPlanning, addBatch, walCommit, commitOffsets, ...) and, inside
+    addBatch, the sink's (``sink_ms``: compute, kafka, audit, write)."""
+    phases: dict[str, list[int]] = {}
+    for m in busy:
+        for source in (m.get("duration_ms") or {}, m.get("sink_ms") or {}):
+            for name, ms in source.items():
+                phases.setdefault(name, []).append(ms)
+    return {name: median(values) for name, values in sorted(phases.items())}
 
 
 def _dir_mb(path: Path) -> float:
@@ -140,6 +153,7 @@ def latency(settings: Settings, work: Path, rate: float, seconds: float, records
         "batch_ms_median": median([m["batch_duration_ms"] for m in busy]) if busy else None,
         "batch_ms_max": max((m["batch_duration_ms"] for m in busy), default=None),
         "add_batch_ms_median": median([m["duration_ms"].get("addBatch", 0) for m in busy]) if busy else None,
+        "phase_ms_median": _phases(busy),
         "batches": len(busy), **lat,
         # CLOCK_MONOTONIC is system-wide: bench.run turns it into seconds of its RSS series
         "feed_monotonic": [feed_from, fed_at],
