@@ -59,6 +59,19 @@ def test_counts_are_processed_signals_and_rejects_by_reason(out, columns):
         "processed": 0, "signals": 0, "rejected": 0, "rejects": {}}
 
 
+def test_counts_are_observed_by_the_job_that_materialises_the_batch(spark, out, columns):
+    jobs = spark.sparkContext.statusTracker()
+    group = "test-counted"
+    spark.sparkContext.setJobGroup(group, "counted")
+    try:
+        rows, counts = columns.counted(out)
+    finally:
+        spark.sparkContext.setJobGroup(None, None)  # type: ignore[arg-type]
+    assert counts == columns.batch_counts(out)
+    assert len(jobs.getJobIdsForGroup(group)) == 1  # the materialising job only: no counting job
+    assert sorted(rows.collect()) == sorted(out.collect())
+
+
 def test_signal_records_follow_the_spec_schema_and_carry_the_batch_time(out, columns):
     signals = columns.signals(out, columns.processing_time(AT))
     assert [(f.name, f.dataType) for f in signals.schema.fields] == [(f.name, f.dataType)

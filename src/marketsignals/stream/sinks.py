@@ -45,6 +45,7 @@ _log = logging.getLogger(__name__)
 
 EVENT_DATE = "event_date"
 REJECTED_AT = "rejected_at"
+COUNTS_METRIC = "marketsignals_batch_counts"  # the name of the observed metrics (Dataset.observe)
 
 
 class RecordColumns:
@@ -101,13 +102,30 @@ class RecordColumns:
         """The signal records of the kernel's output rows (then the ``extra`` columns)."""
         return out.filter(self.signal).select(*self.signal_fields(emitted_at), *extra)
 
-    def batch_counts(self, out: DataFrame) -> dict[str, int]:
-        """processed / signals / rejects by reason of one batch, as one aggregate row."""
+    def batch_counts(self, out: DataFrame) -> dict:
+        """processed / signals / rejects by reason of one batch, as one aggregate row (a Spark job)."""
         row = out.agg(*self.counts).first()
-        counts = row.asDict() if row else {}
-        rejects = {r: int(counts.pop(r)) for r in Reason.ALL if counts.get(r)}
-        return {"processed": int(counts.get("processed", 0)), "signals": int(counts.get("signals", 0)),
-                "rejected": sum(rejects.values()), "rejects": rejects}
+        return _counts(row.asDict() if row else {})
+
+    def counted(self, out: DataFrame) -> tuple[DataFrame, dict]:
+        """The batch :func:`materialised`, and its :meth:`batch_counts` observed by the job that
+        materialises it (``Dataset.observe``), not computed by a job of their own: that job, its
+        planning and its result cost 35-130 ms a micro-batch (README, Performance, eleventh round).
+        The metrics are read from the materialising query's own execution once it returns
+        (``QueryExecution.observedMetrics``), not through ``Observation``, whose value arrives on
+        Spark's listener bus, behind the stream's own events."""
+        observed = out.observe(COUNTS_METRIC, *self.counts)
+        rows = materialised(observed)
+        try:
+            metrics = observed._jdf.queryExecution().observedMetrics().get(COUNTS_METRIC).get().json()
+            return rows, _counts(json.loads(metrics))
+        except Exception as exc:  # an internal API: count with a job of their own rather than fail
+            _log.warning("the batch's observed counts are not readable (%s); counting them with a job", exc)
+            try:
+                return rows, self.batch_counts(rows)
+            except BaseException:
+                release(rows)
+                raise
 
     def kafka_records(self, out: DataFrame, now: Column, signals_topic: str, dead_letter_topic: str) -> DataFrame:
         """Signals and dead letters as Kafka rows in one pass over the kernel's output: key = symbol,
@@ -117,6 +135,13 @@ class RecordColumns:
                  .otherwise(F.to_json(F.struct(*self.dead_letter_fields(now)), {"ignoreNullFields": "false"})))
         topic = F.when(self.signal, F.lit(signals_topic)).otherwise(F.lit(dead_letter_topic))
         return out.filter(self.record).select(self.key, value.alias("value"), topic.alias("topic"))
+
+
+def _counts(values: dict) -> dict:
+    """The sink's counts dict from the aggregate's values by column name (None: no rows)."""
+    rejects = {r: int(values[r]) for r in Reason.ALL if values.get(r)}
+    return {"processed": int(values.get("processed") or 0), "signals": int(values.get("signals") or 0),
+            "rejected": sum(rejects.values()), "rejects": rejects}
 
 
 def signal_records(out: DataFrame, emitted_at: Column | None = None) -> DataFrame:
@@ -151,10 +176,9 @@ class SignalSink:
             phase_ms[name] = round((now_s - clock) * 1000)
             clock = now_s
 
-        out = materialised(out)
         columns = self._columns()
+        out, counts = columns.counted(out)
         try:
-            counts = columns.batch_counts(out)
             lap("compute")  # source, validation, the stateful kernel, and the counts
             # one processing time for the batch: Kafka and the audit table carry the same emitted_at
             now = columns.processing_time(datetime.now(UTC))
