@@ -26,6 +26,7 @@ from marketsignals.schema import (
     TRADING_SIGNAL,
     TS_MS,
 )
+from marketsignals.stream import checkpoint
 from marketsignals.validation import parse_ticks, with_reject_reason
 from support import audit_log_batches, progress_lines, run_available_now
 
@@ -134,7 +135,11 @@ def test_parity_survives_a_stop_and_restart_from_the_checkpoint(spark, kafka_bro
         query.stop()
         spark.streams.removeListener(listener)
     first_run = audit(spark, settings).count()
-    metrics = run_available_now(spark, settings)  # restart from the checkpoint to the end
+    record = json.loads((Path(settings.stream.checkpoint) / checkpoint.RECORD).read_text())
+    assert record == {"state_buckets": settings.stream.state_buckets}
+    # restart from the checkpoint to the end, with another bucket count in the settings: the
+    # checkpoint keeps its own (another count would send every symbol to another bucket's state)
+    metrics = run_available_now(spark, settings.with_overrides([f"stream.state_buckets={record['state_buckets'] + 3}"]))
     assert [m for m in progress_lines(metrics) if m["input_rows"] > 0], "the restart had nothing left to do"
     expected = expected_signals(spark, settings)
     assert 0 < first_run < len(expected)

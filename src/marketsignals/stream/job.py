@@ -41,7 +41,7 @@ from marketsignals.schema import (
 )
 from marketsignals.secrets import resolve_secrets
 from marketsignals.settings import Settings, load_settings
-from marketsignals.stream import state
+from marketsignals.stream import checkpoint, state
 from marketsignals.stream.metrics import MetricsListener
 from marketsignals.stream.sinks import SignalSink
 from marketsignals.stream.source import read_ticks
@@ -108,6 +108,9 @@ def signal_stream(raw: DataFrame, settings: Settings) -> DataFrame:
 
 def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListener | None = None) -> StreamingQuery:
     """Start the query; returns at once. The caller awaits or stops it."""
+    buckets = checkpoint.state_buckets(spark, settings.stream.checkpoint, settings.stream.state_buckets)
+    if buckets != settings.stream.state_buckets:  # fixed per checkpoint (marketsignals.stream.checkpoint)
+        settings = settings.with_overrides([f"stream.state_buckets={buckets}"])
     s = settings.stream
     listener = listener or MetricsListener(s.metrics_path)
     spark.streams.addListener(listener)
