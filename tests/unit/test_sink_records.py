@@ -19,7 +19,7 @@ from marketsignals.schema import (
     TS_MS,
     Reason,
 )
-from marketsignals.stream.sinks import EVENT_DATE, RecordColumns
+from marketsignals.stream.sinks import EVENT_DATE, ROWS_PER_WRITE_TASK, RecordColumns, release, write_tasks
 
 AT = datetime(2026, 3, 2, 14, 30, 5, 123456, tzinfo=UTC)
 AT_JSON = "2026-03-02T14:30:05.123Z"  # Spark's to_json keeps milliseconds
@@ -67,9 +67,12 @@ def test_counts_are_observed_by_the_job_that_materialises_the_batch(spark, out, 
         rows, counts = columns.counted(out)
     finally:
         spark.sparkContext.setJobGroup(None, None)  # type: ignore[arg-type]
-    assert counts == columns.batch_counts(out)
-    assert len(jobs.getJobIdsForGroup(group)) == 1  # the materialising job only: no counting job
-    assert sorted(rows.collect()) == sorted(out.collect())
+    try:
+        assert counts == columns.batch_counts(out)
+        assert len(jobs.getJobIdsForGroup(group)) == 1  # the materialising job only: no counting job
+        assert sorted(rows.collect()) == sorted(out.collect())
+    finally:
+        release(rows)  # as the sink does: later tests count the session's persisted RDDs
 
 
 def test_signal_records_follow_the_spec_schema_and_carry_the_batch_time(out, columns):
@@ -118,3 +121,9 @@ def test_the_processing_time_is_not_a_timestamp_literal(out, columns):
 def test_the_audit_rows_add_the_event_date(out, columns):
     rows = columns.signals(out, columns.processing_time(AT), columns.event_date).collect()
     assert [r[EVENT_DATE].isoformat() for r in rows] == ["2026-03-01"]
+
+
+def test_a_write_has_one_task_until_its_rows_are_many():
+    assert [write_tasks(n) for n in (0, 1, 300, ROWS_PER_WRITE_TASK)] == [1, 1, 1, 1]
+    assert write_tasks(ROWS_PER_WRITE_TASK + 1) == 2
+    assert write_tasks(540_000) == 6  # a 2,000,000-tick catch-up batch of the EMR profile
