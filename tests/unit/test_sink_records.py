@@ -19,7 +19,14 @@ from marketsignals.schema import (
     TS_MS,
     Reason,
 )
-from marketsignals.stream.sinks import EVENT_DATE, ROWS_PER_WRITE_TASK, RecordColumns, release, write_tasks
+from marketsignals.stream.sinks import (
+    EVENT_DATE,
+    ROWS_PER_WRITE_TASK,
+    RecordColumns,
+    materialised,
+    release,
+    write_tasks,
+)
 
 AT = datetime(2026, 3, 2, 14, 30, 5, 123456, tzinfo=UTC)
 AT_JSON = "2026-03-02T14:30:05.123Z"  # Spark's to_json keeps milliseconds
@@ -64,7 +71,9 @@ def test_counts_are_observed_by_the_job_that_materialises_the_batch(spark, out, 
     group = "test-counted"
     spark.sparkContext.setJobGroup(group, "counted")
     try:
-        rows, counts = columns.counted(out)
+        observed = columns.observed(out)
+        rows = materialised(observed)
+        counts = columns.observed_counts(observed, rows)
     finally:
         spark.sparkContext.setJobGroup(None, None)  # type: ignore[arg-type]
     try:

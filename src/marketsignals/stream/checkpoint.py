@@ -28,26 +28,35 @@ def state_buckets(spark: SparkSession, checkpoint: str, configured: int) -> int:
     """The bucket count the query must use with ``checkpoint``: the one recorded there, else
     ``configured`` (recorded now if the checkpoint is new)."""
     fs, root = _fs(spark, checkpoint)
-    record = _path(spark, checkpoint, RECORD)
+    record = _path(spark, root, RECORD)
     if fs.exists(record):
-        recorded = _read(fs, record, checkpoint)
+        recorded = _recorded_buckets(_read(fs, record), checkpoint)
         if recorded != configured:
             _log.warning("the checkpoint %s keeps its state in %d buckets, written so when it was created: "
                          "stream.state_buckets=%d applies to new checkpoints only", checkpoint, recorded, configured)
         return recorded
-    if fs.exists(_path(spark, checkpoint, "offsets")):
+    if fs.exists(_path(spark, root, "offsets")):
         return configured  # written by an earlier version: the state handler checks the count it loads
     fs.mkdirs(root)
-    _write(fs, record, _path(spark, checkpoint, f".{RECORD}.tmp"), {"state_buckets": configured})
+    _write(fs, record, _path(spark, root, f".{RECORD}.tmp"), {"state_buckets": configured})
     return configured
 
 
-def _read(fs, path, checkpoint: str) -> int:
+def read_text(spark: SparkSession, checkpoint: str, name: str) -> str:
+    """The text of the file ``name`` in the checkpoint (Spark's own, such as ``metadata``, or ours)."""
+    fs, root = _fs(spark, checkpoint)
+    return _read(fs, _path(spark, root, name))
+
+
+def _read(fs, path) -> str:
     stream = fs.open(path)
     try:
-        text = bytes(stream.readAllBytes()).decode("utf-8")
+        return bytes(stream.readAllBytes()).decode("utf-8")
     finally:
         stream.close()
+
+
+def _recorded_buckets(text: str, checkpoint: str) -> int:
     try:
         buckets = json.loads(text)["state_buckets"]
     except (ValueError, KeyError, TypeError) as exc:
@@ -72,8 +81,8 @@ def _write(fs, path, tmp, record: dict) -> None:
             raise OSError(f"could not write {path.toString()}")
 
 
-def _path(spark: SparkSession, directory: str, name: str):
-    return spark._jvm.org.apache.hadoop.fs.Path(directory.rstrip("/") + "/" + name)
+def _path(spark: SparkSession, directory, name: str):
+    return spark._jvm.org.apache.hadoop.fs.Path(directory, name)
 
 
 def _fs(spark: SparkSession, checkpoint: str):

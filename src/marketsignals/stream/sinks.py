@@ -39,6 +39,7 @@ from marketsignals.schema import (
     Reason,
 )
 from marketsignals.settings import Settings
+from marketsignals.stream.checkpoint import read_text
 from marketsignals.stream.source import client_options
 
 _log = logging.getLogger(__name__)
@@ -108,25 +109,24 @@ class RecordColumns:
         row = out.agg(*self.counts).first()
         return _counts(row.asDict() if row else {})
 
-    def counted(self, out: DataFrame) -> tuple[DataFrame, dict]:
-        """The batch :func:`materialised`, and its :meth:`batch_counts` observed by the job that
-        materialises it (``Dataset.observe``), not computed by a job of their own: that job, its
-        planning and its result cost 35-130 ms a micro-batch (README, Performance, eleventh round).
-        The metrics are read from the materialising query's own execution once it returns
-        (``QueryExecution.observedMetrics``), not through ``Observation``, whose value arrives on
-        Spark's listener bus, behind the stream's own events."""
-        observed = out.observe(COUNTS_METRIC, *self.counts)
-        rows = materialised(observed)
+    def observed(self, out: DataFrame) -> DataFrame:
+        """``out`` with its :meth:`batch_counts` observed (``Dataset.observe``) by whatever job runs
+        it -- the one that materialises the batch -- rather than computed by a job of their own: that
+        job, its planning and its result cost 35-130 ms a micro-batch (README, Performance, eleventh
+        round). Read them with :meth:`observed_counts` once that job returned."""
+        return out.observe(COUNTS_METRIC, *self.counts)
+
+    def observed_counts(self, observed: DataFrame, rows: DataFrame) -> dict:
+        """The counts of an :meth:`observed` batch, from its query's own execution, once a job ran it
+        (``QueryExecution.observedMetrics``; ``Observation`` would wait for Spark's listener bus,
+        behind the stream's own events); ``rows``, the batch materialised, are counted with a job
+        if that internal API ever fails."""
         try:
             metrics = observed._jdf.queryExecution().observedMetrics().get(COUNTS_METRIC).get().json()
-            return rows, _counts(json.loads(metrics))
+            return _counts(json.loads(metrics))
         except Exception as exc:  # an internal API: count with a job of their own rather than fail
             _log.warning("the batch's observed counts are not readable (%s); counting them with a job", exc)
-            try:
-                return rows, self.batch_counts(rows)
-            except BaseException:
-                release(rows)
-                raise
+            return self.batch_counts(rows)
 
     def kafka_records(self, out: DataFrame, now: Column, signals_topic: str, dead_letter_topic: str) -> DataFrame:
         """Signals and dead letters as Kafka rows in one pass over the kernel's output: key = symbol,
@@ -187,8 +187,10 @@ class SignalSink:
             clock = now_s
 
         columns = self._columns()
-        out, counts = columns.counted(out)
+        observed = columns.observed(out)
+        out = materialised(observed)
         try:
+            counts = columns.observed_counts(observed, out)
             lap("compute")  # source, validation, the stateful kernel, and the counts
             # one processing time for the batch: Kafka and the audit table carry the same emitted_at
             now = columns.processing_time(datetime.now(UTC))
@@ -326,12 +328,4 @@ def _query_id(out: DataFrame, checkpoint: str) -> str:
     if local:
         return f"marketsignals-{local}"
     # Fallback: the id Spark wrote to <checkpoint>/metadata when the query first started.
-    jvm = spark._jvm
-    path = jvm.org.apache.hadoop.fs.Path(checkpoint.rstrip("/") + "/metadata")
-    fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
-    stream = fs.open(path)
-    try:
-        reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream))
-        return "marketsignals-" + json.loads(reader.readLine())["id"]
-    finally:
-        stream.close()
+    return "marketsignals-" + json.loads(read_text(spark, checkpoint, "metadata").splitlines()[0])["id"]
