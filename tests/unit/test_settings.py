@@ -36,6 +36,24 @@ def test_dict_valued_settings_take_dotted_keys():
     assert s.spark.conf["spark.sql.shuffle.partitions"] == "8"
 
 
+def test_sink_producer_options_default_to_the_profile_and_win_over_client_options(tmp_path):
+    from marketsignals.stream.source import client_options, sink_options
+
+    s = load_settings("local", ["kafka.producer_options.compression.type=lz4", "kafka.options.linger.ms=0",
+                                "kafka.options.security.protocol=SSL"], env={})
+    assert s.kafka.producer_options == {"linger.ms": "5", "batch.size": "262144", "compression.type": "lz4"}
+    assert client_options(s.kafka)["kafka.linger.ms"] == "0"  # the source's consumer gets no producer options
+    assert "kafka.batch.size" not in client_options(s.kafka)
+    opts = sink_options(s.kafka)
+    assert opts["kafka.linger.ms"] == "5" and opts["kafka.batch.size"] == "262144"
+    assert opts["kafka.compression.type"] == "lz4" and opts["kafka.security.protocol"] == "SSL"
+    assert load_settings("emr", env={}).kafka.producer_options == {"linger.ms": "5", "batch.size": "262144"}
+    conf = tmp_path / "p.yaml"
+    conf.write_text("kafka:\n  producer_options: {linger.ms: 20, enable.idempotence: true}\n")
+    assert load_settings(conf_file=conf, env={}).kafka.producer_options == {"linger.ms": "20",
+                                                                              "enable.idempotence": "true"}
+
+
 def test_audit_table_properties_default_to_the_profile_and_take_dotted_keys(tmp_path):
     s = load_settings("local", ["stream.audit_table_properties.delta.checkpointInterval=10"], env={})
     assert s.stream.audit_table_properties == {"delta.dataSkippingNumIndexedCols": "2",

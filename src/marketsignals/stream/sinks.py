@@ -40,7 +40,7 @@ from marketsignals.schema import (
 )
 from marketsignals.settings import Settings
 from marketsignals.stream.checkpoint import read_text
-from marketsignals.stream.source import client_options
+from marketsignals.stream.source import sink_options
 
 _log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class SignalSink:
                 # signals and dead letters in one Kafka write
                 records = columns.kafka_records(out, now, kafka.signals_topic, kafka.dead_letter_topic)
                 tasks = write_tasks(counts["signals"] + counts["rejected"])
-                writes["kafka"] = records.coalesce(tasks).write.format("kafka").options(**client_options(kafka)).save
+                writes["kafka"] = records.coalesce(tasks).write.format("kafka").options(**sink_options(kafka)).save
             if counts["signals"] and not self.audited(out, batch_id):
                 # one file per event date per batch (not one per shuffle partition), unless it is large
                 app_id = self.app_id(out)

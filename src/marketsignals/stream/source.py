@@ -1,4 +1,4 @@
-"""The Kafka source of ticks and the Kafka options shared by the source and the sinks."""
+"""The Kafka source of ticks and the Kafka options of the source and the sinks."""
 
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ def client_options(kafka: KafkaSettings) -> dict[str, str]:
     opts = {"kafka.bootstrap.servers": kafka.bootstrap_servers}
     opts.update({f"kafka.{k}": str(v) for k, v in kafka.options.items()})
     return opts
+
+
+def sink_options(kafka: KafkaSettings) -> dict[str, str]:
+    """``kafka.*`` options for Spark's Kafka sink: :func:`client_options` plus the producer's own
+    (``kafka.producer_options``, which win). Values can be secrets: never log this dict."""
+    return {**client_options(kafka), **{f"kafka.{k}": str(v) for k, v in kafka.producer_options.items()}}
 
 
 def read_ticks(spark: SparkSession, kafka: KafkaSettings) -> DataFrame:
