@@ -64,6 +64,13 @@ class _Section(BaseModel):
 SINK_PRODUCER_DEFAULTS = {"linger.ms": "5", "batch.size": "262144"}
 
 
+def _as_text(value: Any) -> Any:
+    """A mapping's keys and values as text: YAML reads 100 and true as a number and a bool."""
+    if not isinstance(value, Mapping):
+        return value
+    return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+
+
 class KafkaSettings(_Section):
     """Where ticks come from and where signals and rejects go."""
 
@@ -86,10 +93,7 @@ class KafkaSettings(_Section):
     @field_validator("producer_options", mode="before")
     @classmethod
     def _option_text(cls, value: Any) -> Any:
-        # YAML reads 5 and true as a number and a bool; the Kafka client takes every option as text
-        if not isinstance(value, Mapping):
-            return value
-        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+        return _as_text(value)  # the Kafka client takes every option as text
 
     @field_validator("topics")
     @classmethod
@@ -184,8 +188,7 @@ class StreamSettings(_Section):
         for key in value:
             if not str(key).startswith("delta."):
                 raise ValueError(f"expected Delta table properties (delta.<name>), got {key!r}")
-        # YAML reads 100 and true as a number and a bool; Delta takes every property as text
-        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+        return _as_text(value)  # Delta takes every property as text
 
     @field_validator("watermark_delay", "max_future_skew", "state_idle_timeout")
     @classmethod

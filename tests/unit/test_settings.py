@@ -42,8 +42,8 @@ def test_sink_producer_options_default_to_the_profile_and_win_over_client_option
     s = load_settings("local", ["kafka.producer_options.compression.type=lz4", "kafka.options.linger.ms=0",
                                 "kafka.options.security.protocol=SSL"], env={})
     assert s.kafka.producer_options == {"linger.ms": "5", "batch.size": "262144", "compression.type": "lz4"}
-    assert client_options(s.kafka)["kafka.linger.ms"] == "0"  # the source's consumer gets no producer options
-    assert "kafka.batch.size" not in client_options(s.kafka)
+    # the source's consumer gets kafka.options only, never the producer's
+    assert client_options(s.kafka)["kafka.linger.ms"] == "0" and "kafka.batch.size" not in client_options(s.kafka)
     opts = sink_options(s.kafka)
     assert opts["kafka.linger.ms"] == "5" and opts["kafka.batch.size"] == "262144"
     assert opts["kafka.compression.type"] == "lz4" and opts["kafka.security.protocol"] == "SSL"
