@@ -10,15 +10,18 @@ from marketsignals.settings import KafkaSettings
 def client_options(kafka: KafkaSettings) -> dict[str, str]:
     """``kafka.*`` options for Spark's Kafka source and sink: brokers plus every client option
     from settings (security, SASL, TLS). Values can be secrets: never log this dict."""
-    opts = {"kafka.bootstrap.servers": kafka.bootstrap_servers}
-    opts.update({f"kafka.{k}": str(v) for k, v in kafka.options.items()})
-    return opts
+    return {"kafka.bootstrap.servers": kafka.bootstrap_servers, **_spark_keys(kafka.options)}
 
 
 def sink_options(kafka: KafkaSettings) -> dict[str, str]:
     """``kafka.*`` options for Spark's Kafka sink: :func:`client_options` plus the producer's own
     (``kafka.producer_options``, which win). Values can be secrets: never log this dict."""
-    return {**client_options(kafka), **{f"kafka.{k}": str(v) for k, v in kafka.producer_options.items()}}
+    return {**client_options(kafka), **_spark_keys(kafka.producer_options)}
+
+
+def _spark_keys(options: dict[str, str]) -> dict[str, str]:
+    """Kafka client options as Spark's Kafka source and sink take them: ``kafka.`` + the client's key."""
+    return {f"kafka.{k}": str(v) for k, v in options.items()}
 
 
 def read_ticks(spark: SparkSession, kafka: KafkaSettings) -> DataFrame:
