@@ -24,7 +24,7 @@ from marketsignals.stream.metrics import MetricsListener
 def _session(settings: Settings):
     from marketsignals.session import build_session
 
-    return build_session(settings.spark)
+    return build_session(settings.spark, bounded=settings.stream.bounded)
 
 
 def _progress(path: Path) -> list[dict]:

@@ -45,21 +45,31 @@ def local_jars(jars_dir: str) -> list[str]:
     return jars
 
 
-def build_session(spark: SparkSettings, extra_conf: dict[str, str] | None = None) -> SparkSession:
-    """Get or create the session described by ``spark`` (+ ``extra_conf``)."""
+def session_conf(spark: SparkSettings, extra_conf: dict[str, str] | None = None,
+                 bounded: bool = False) -> dict[str, str]:
+    """The session's Spark conf besides its jars: the base, ``spark.conf``, then ``spark.bounded_conf`` for
+    a run over a bounded input in big batches (the local profile: the JIT), then ``extra_conf``."""
+    conf = dict(BASE_CONF)
+    conf["spark.sql.shuffle.partitions"] = str(spark.shuffle_partitions)
+    conf.update(spark.conf)
+    if bounded:
+        conf.update(spark.bounded_conf)
+    conf.update(extra_conf or {})
+    return conf
+
+
+def build_session(spark: SparkSettings, extra_conf: dict[str, str] | None = None,
+                  bounded: bool = False) -> SparkSession:
+    """Get or create the session described by ``spark`` (+ ``extra_conf``); see :func:`session_conf`."""
     builder = SparkSession.builder.appName(spark.app_name)
     if spark.master:
         builder = builder.master(spark.master)
-    conf = dict(BASE_CONF)
-    conf["spark.sql.shuffle.partitions"] = str(spark.shuffle_partitions)
     if spark.master and spark.master.startswith("local"):
         # Python workers run the interpreter that runs the driver (the project's venv); PySpark
         # reads PYSPARK_PYTHON when the SparkContext starts.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    if spark.jars_dir:
-        conf["spark.jars"] = ",".join(local_jars(spark.jars_dir))
-    conf.update(spark.conf)
-    conf.update(extra_conf or {})
+    conf = {"spark.jars": ",".join(local_jars(spark.jars_dir))} if spark.jars_dir else {}
+    conf.update(session_conf(spark, extra_conf, bounded))
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()

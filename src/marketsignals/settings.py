@@ -209,6 +209,11 @@ class StreamSettings(_Section):
         return value
 
     @property
+    def bounded(self) -> bool:
+        """The query reads what is there and stops (availableNow, once): big batches, no live latency."""
+        return self.trigger in ("availableNow", "once")
+
+    @property
     def watermark_delay_ms(self) -> int:
         return duration_ms(self.watermark_delay)
 
@@ -266,6 +271,10 @@ class SparkSettings(_Section):
     shuffle_partitions: int = Field(4, ge=1)
     log_level: str = "WARN"
     conf: dict[str, str] = Field(default_factory=dict)
+    # Entries over ``conf`` for a run that reads a bounded input in big batches: a stream with trigger
+    # availableNow or once, the backtest. The local profile gives those runs C2 (JVM flags take effect
+    # only where the session starts the JVM, i.e. not under spark-submit); README, Performance.
+    bounded_conf: dict[str, str] = Field(default_factory=dict)
 
 
 class Settings(_Section):
@@ -333,10 +342,11 @@ def _apply_assignment(data: dict[str, Any], item: str, source: str) -> None:
     if not sep or not key:
         raise SettingsError(f"{source}: expected section.key=value, got {item!r}")
     parts = key.split(".")
-    # dict-valued leaves (kafka.options, kafka.producer_options, spark.conf,
+    # dict-valued leaves (kafka.options, kafka.producer_options, spark.conf, spark.bounded_conf,
     # stream.audit_table_properties) take the rest of the key as one dotted name:
     # "spark.conf.spark.sql.shuffle.partitions=8"
-    if len(parts) >= 3 and parts[1] in ("options", "producer_options", "conf", "audit_table_properties"):
+    if len(parts) >= 3 and parts[1] in ("options", "producer_options", "conf", "bounded_conf",
+                                         "audit_table_properties"):
         section = data.setdefault(parts[0], {})
         if not isinstance(section, dict):
             raise SettingsError(f"{source}: {key}: {parts[0]} is not a section")

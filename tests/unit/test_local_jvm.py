@@ -1,4 +1,9 @@
-"""The local profile's JVM flags (conf/local.yaml, spark.driver.extraJavaOptions), on the running JVM."""
+"""The local profile's JVM flags (conf/local.yaml, spark.driver.extraJavaOptions), on the running JVM; the
+bounded runs' flags (spark.bounded_conf) on a JVM of their own."""
+
+import subprocess
+
+from marketsignals.settings import load_settings
 
 
 def test_c1_only_with_a_code_cache_that_holds_the_job(spark):
@@ -17,3 +22,14 @@ def test_the_heap_is_all_committed_and_touched_from_the_start(spark):
     # G1 grows a smaller initial heap in steps at unforeseeable times (README, eleventh round)
     assert bean.getVMOption("InitialHeapSize").getValue() == bean.getVMOption("MaxHeapSize").getValue()
     assert bean.getVMOption("AlwaysPreTouch").getValue() == "true"
+
+
+def test_bounded_runs_flags_give_c2_at_ten_times_its_tier4_thresholds():
+    flags = load_settings("local", env={}).spark.bounded_conf["spark.driver.extraJavaOptions"].split()
+    out = subprocess.run(["java", *flags, "-XX:+PrintFlagsFinal", "-version"], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    final = {parts[1]: parts[3] for parts in (line.split() for line in out.splitlines()) if len(parts) >= 4}
+    assert final["TieredStopAtLevel"] == "4" and final["TieredCompilation"] == "true"
+    assert (final["Tier4InvocationThreshold"], final["Tier4CompileThreshold"]) == ("50000", "150000")
+    assert final["Tier4BackEdgeThreshold"] == "400000" and final["Tier4MinInvocationThreshold"] == "6000"
+    assert int(final["ReservedCodeCacheSize"]) >= 200 * 2**20

@@ -36,6 +36,23 @@ def test_dict_valued_settings_take_dotted_keys():
     assert s.spark.conf["spark.sql.shuffle.partitions"] == "8"
 
 
+def test_bounded_runs_get_the_bounded_conf_over_the_conf():
+    from marketsignals.session import session_conf
+
+    s = load_settings("local", ["spark.bounded_conf.spark.sql.shuffle.partitions=3"], env={})
+    assert [t for t in ("availableNow", "once", "processingTime=1 second")
+            if s.with_overrides([f"stream.trigger={t}"]).stream.bounded] == ["availableNow", "once"]
+    live, bounded = session_conf(s.spark), session_conf(s.spark, {"spark.app.x": "1"}, bounded=True)
+    # a live stream: C1 only; a bounded run (catch-up, backtest): C2 at 10x its tier-4 thresholds
+    assert "-XX:TieredStopAtLevel=1" in live["spark.driver.extraJavaOptions"]
+    assert "TieredStopAtLevel" not in bounded["spark.driver.extraJavaOptions"]
+    assert "-XX:Tier4InvocationThreshold=50000" in bounded["spark.driver.extraJavaOptions"]
+    assert live["spark.sql.shuffle.partitions"] == "2" and bounded["spark.sql.shuffle.partitions"] == "3"
+    assert bounded["spark.app.x"] == "1" and bounded["spark.driver.memory"] == live["spark.driver.memory"] == "1g"
+    # EMR: spark-submit starts the JVMs; nothing bounded-only
+    assert load_settings("emr", env={}).spark.bounded_conf == {}
+
+
 def test_sink_producer_options_default_to_the_profile_and_win_over_client_options(tmp_path):
     from marketsignals.stream.source import client_options, sink_options
 

@@ -295,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings(args.profile, args.overrides, conf_file=args.conf_file)
     from marketsignals.session import build_session
 
-    spark = build_session(settings.spark, progress_conf(settings))
+    spark = build_session(settings.spark, progress_conf(settings), bounded=True)
     summary = run_backtest(spark, settings)
     print(report.summary_text(summary), flush=True)
     return 0

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from marketsignals.backtest.report import summary_text
     from marketsignals.session import build_session
 
-    spark = build_session(settings.spark, progress_conf(settings))
+    spark = build_session(settings.spark, progress_conf(settings), bounded=True)
     summary = run_backtest(spark, settings)
     print(summary_text(summary), flush=True)
     return 0

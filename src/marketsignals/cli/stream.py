@@ -22,7 +22,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from marketsignals.session import build_session
     from marketsignals.stream.job import run as run_stream
 
-    spark = build_session(settings.spark)
+    spark = build_session(settings.spark, bounded=settings.stream.bounded)
     print(f"marketsignals stream: reading {', '.join(settings.kafka.tick_topics)} from "
           f"{settings.kafka.bootstrap_servers}; ordering={settings.stream.ordering}, "
           f"emission={settings.stream.emission}, checkpoint={settings.stream.checkpoint}", flush=True)

@@ -192,4 +192,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = resolve_secrets(load_settings(args.profile, args.overrides, conf_file=args.conf_file))
     from marketsignals.session import build_session
 
-    return run(build_session(settings.spark), settings)
+    return run(build_session(settings.spark, bounded=settings.stream.bounded), settings)
