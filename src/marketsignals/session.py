@@ -30,6 +30,9 @@ BASE_CONF: dict[str, str] = {
 }
 
 
+DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
+
+
 class MissingJarsError(RuntimeError):
     pass
 
@@ -47,14 +50,16 @@ def local_jars(jars_dir: str) -> list[str]:
 
 def session_conf(spark: SparkSettings, extra_conf: dict[str, str] | None = None,
                  bounded: bool = False) -> dict[str, str]:
-    """The session's Spark conf besides its jars: the base, ``spark.conf``, then ``spark.bounded_conf`` for
-    a run over a bounded input in big batches (the local profile: the JIT), then ``extra_conf``."""
+    """The session's Spark conf besides its jars: the base, ``spark.conf``, ``extra_conf``; for a run over a
+    bounded input in big batches, the driver's JVM flags end with ``spark.bounded_java_options`` (the
+    local profile: the JIT)."""
     conf = dict(BASE_CONF)
     conf["spark.sql.shuffle.partitions"] = str(spark.shuffle_partitions)
     conf.update(spark.conf)
-    if bounded:
-        conf.update(spark.bounded_conf)
     conf.update(extra_conf or {})
+    if bounded and spark.bounded_java_options.strip():
+        flags = [conf.get(DRIVER_JAVA_OPTIONS, ""), spark.bounded_java_options]
+        conf[DRIVER_JAVA_OPTIONS] = " ".join(f.strip() for f in flags if f.strip())
     return conf
 
 

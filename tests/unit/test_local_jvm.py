@@ -25,11 +25,14 @@ def test_the_heap_is_all_committed_and_touched_from_the_start(spark):
 
 
 def test_bounded_runs_flags_give_c2_at_ten_times_its_tier4_thresholds():
-    flags = load_settings("local", env={}).spark.bounded_conf["spark.driver.extraJavaOptions"].split()
+    from marketsignals.session import DRIVER_JAVA_OPTIONS, session_conf
+
+    flags = session_conf(load_settings("local", env={}).spark, bounded=True)[DRIVER_JAVA_OPTIONS].split()
+    assert "-XX:TieredStopAtLevel=1" in flags  # the live profile's flag comes first; the JVM takes the last
     out = subprocess.run(["java", *flags, "-XX:+PrintFlagsFinal", "-version"], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     final = {parts[1]: parts[3] for parts in (line.split() for line in out.splitlines()) if len(parts) >= 4}
     assert final["TieredStopAtLevel"] == "4" and final["TieredCompilation"] == "true"
     assert (final["Tier4InvocationThreshold"], final["Tier4CompileThreshold"]) == ("50000", "150000")
     assert final["Tier4BackEdgeThreshold"] == "400000" and final["Tier4MinInvocationThreshold"] == "6000"
-    assert int(final["ReservedCodeCacheSize"]) >= 200 * 2**20
+    assert int(final["ReservedCodeCacheSize"]) >= 200 * 2**20 and final["AlwaysPreTouch"] == "true"

@@ -36,21 +36,21 @@ def test_dict_valued_settings_take_dotted_keys():
     assert s.spark.conf["spark.sql.shuffle.partitions"] == "8"
 
 
-def test_bounded_runs_get_the_bounded_conf_over_the_conf():
+def test_bounded_runs_end_their_jvm_flags_with_the_bounded_java_options():
     from marketsignals.session import session_conf
 
-    s = load_settings("local", ["spark.bounded_conf.spark.sql.shuffle.partitions=3"], env={})
+    s = load_settings("local", ["spark.conf.spark.driver.extraJavaOptions=-Dx=1"], env={})
     assert [t for t in ("availableNow", "once", "processingTime=1 second")
             if s.with_overrides([f"stream.trigger={t}"]).stream.bounded] == ["availableNow", "once"]
     live, bounded = session_conf(s.spark), session_conf(s.spark, {"spark.app.x": "1"}, bounded=True)
-    # a live stream: C1 only; a bounded run (catch-up, backtest): C2 at 10x its tier-4 thresholds
-    assert "-XX:TieredStopAtLevel=1" in live["spark.driver.extraJavaOptions"]
-    assert "TieredStopAtLevel" not in bounded["spark.driver.extraJavaOptions"]
-    assert "-XX:Tier4InvocationThreshold=50000" in bounded["spark.driver.extraJavaOptions"]
-    assert live["spark.sql.shuffle.partitions"] == "2" and bounded["spark.sql.shuffle.partitions"] == "3"
-    assert bounded["spark.app.x"] == "1" and bounded["spark.driver.memory"] == live["spark.driver.memory"] == "1g"
-    # EMR: spark-submit starts the JVMs; nothing bounded-only
-    assert load_settings("emr", env={}).spark.bounded_conf == {}
+    # a live stream: its flags as set; a bounded run (catch-up, backtest): the same, then C2's
+    assert live["spark.driver.extraJavaOptions"] == "-Dx=1"
+    assert bounded["spark.driver.extraJavaOptions"] == "-Dx=1 " + s.spark.bounded_java_options
+    assert bounded.pop("spark.app.x") == "1" and bounded.keys() == live.keys()
+    off = s.with_overrides(['spark.bounded_java_options=""'])
+    assert session_conf(off.spark, bounded=True)["spark.driver.extraJavaOptions"] == "-Dx=1"
+    # EMR: spark-submit starts the JVMs; nothing for bounded runs only
+    assert load_settings("emr", env={}).spark.bounded_java_options == ""
 
 
 def test_sink_producer_options_default_to_the_profile_and_win_over_client_options(tmp_path):
