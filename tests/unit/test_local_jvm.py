@@ -1,5 +1,5 @@
-"""The local profile's JVM flags (conf/local.yaml, spark.driver.extraJavaOptions), on the running JVM; the
-bounded runs' flags (spark.bounded_conf) on a JVM of their own."""
+"""The local profile's JVM flags (conf/local.yaml, spark.driver.extraJavaOptions), on the running JVM; a
+bounded run's (those, then spark.bounded_java_options) on a JVM of their own."""
 
 import subprocess
 
