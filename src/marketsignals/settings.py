@@ -157,6 +157,10 @@ class StrategySettings(_Section):
 AUDIT_TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "2", "delta.checkpointInterval": "100"}
 
 
+# Triggers under which a query reads what is there and stops (the others: processingTime=<duration>).
+BOUNDED_TRIGGERS = ("availableNow", "once")
+
+
 class StreamSettings(_Section):
     """The streaming job: ordering, watermark, state, emission, sinks, trigger."""
 
@@ -200,7 +204,7 @@ class StreamSettings(_Section):
     @field_validator("trigger")
     @classmethod
     def _is_trigger(cls, value: str) -> str:
-        if value in ("availableNow", "once"):
+        if value in BOUNDED_TRIGGERS:
             return value
         kind, _, arg = value.partition("=")
         if kind != "processingTime" or not arg:
@@ -211,7 +215,7 @@ class StreamSettings(_Section):
     @property
     def bounded(self) -> bool:
         """The query reads what is there and stops (availableNow, once): big batches, no live latency."""
-        return self.trigger in ("availableNow", "once")
+        return self.trigger in BOUNDED_TRIGGERS
 
     @property
     def watermark_delay_ms(self) -> int:
