@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -56,6 +56,7 @@ from marketsignals.settings import StrategySettings
 KIND = "kind"
 KIND_SIGNAL, KIND_REJECT, KIND_COUNT = "signal", "reject", "count"
 PROCESSED = "processed"
+KEY = "key"  # a tick's duplicate key (_keys), carried from _prepare to _compute
 
 # What the kernel emits: signal records (minus emitted_at, stamped by the sink), reject records
 # and one count row per call, in one flat schema so Spark needs a single stateful operator.
@@ -104,6 +105,23 @@ class SymbolState:
     def has_pending(self) -> bool:
         return self.pending is not None and len(self.pending[TS_MS]) > 0
 
+    def __reduce__(self):
+        # The state store keeps every symbol's state pickled (stream/state.py). Pickled as a dataclass,
+        # its history's three small arrays took most of the time (numpy's own pickling, ~3 us an
+        # array each way): one bytes string of their float64 values is a third of that.
+        h = self.history
+        values = b"".join(np.asarray(a, dtype=np.float64).tobytes() for a in (h.price, h.volume, h.price_change_pct))
+        return _symbol_state, (values, self.last_ts, self.high_water, self.recent, self.last_action, self.pending)
+
+
+def _symbol_state(values: bytes, last_ts: int | None, high_water: int | None, recent: tuple[str, ...],
+                  last_action: str, pending: dict[str, np.ndarray] | None) -> SymbolState:
+    """A SymbolState from its pickled form (SymbolState.__reduce__); the history's arrays are read-only."""
+    flat = np.frombuffer(values, dtype=np.float64)
+    n = len(flat) // 3
+    history = indicators.History(flat[:n], flat[n:2 * n], flat[2 * n:])
+    return SymbolState(history, last_ts, high_water, recent, last_action, pending)
+
 
 @dataclass
 class KernelResult:
@@ -130,9 +148,13 @@ def _length(ticks: Columns) -> int:
     return len(ticks[TS_MS])
 
 
-def _order(ticks: Columns) -> np.ndarray:
-    """SPEC §2 order: event time, exchange, then Kafka (partition, offset)."""
-    return np.lexsort((ticks[OFFSET], ticks[PARTITION], ticks[EXCHANGE].astype(str), ticks[TS_MS]))
+def _ordered(ticks: Columns) -> Columns:
+    """The ticks in SPEC §2 order: event time, exchange, then Kafka (partition, offset). A feed's
+    ticks mostly come with rising event times, the order already: then the sort is skipped."""
+    ts = ticks[TS_MS]
+    if len(ts) < 2 or (ts[1:] > ts[:-1]).all():
+        return ticks
+    return _take(ticks, np.lexsort((ticks[OFFSET], ticks[PARTITION], ticks[EXCHANGE].astype(str), ts)))
 
 
 def _keys(ticks: Columns) -> list[str]:
@@ -161,6 +183,8 @@ TICK_DTYPES = {TS_MS: np.int64, VOLUME: np.int64, PRICE: np.float64, BID: np.flo
 
 
 def _typed(ticks: Columns) -> Columns:
+    if all(v.dtype == TICK_DTYPES[k] for k, v in ticks.items() if k in TICK_DTYPES):
+        return ticks
     return {k: v.astype(TICK_DTYPES[k], copy=False) if k in TICK_DTYPES and v.dtype != TICK_DTYPES[k] else v
             for k, v in ticks.items()}
 
@@ -206,7 +230,7 @@ def _prepare(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
     ticks = _typed(ticks)
     n = _length(ticks)
     high_water = state.high_water
-    if n and watermark_ms is not None:
+    if n and watermark_ms is not None and not _none_late(ticks[TS_MS], high_water, watermark_ms, cfg):
         # Late: behind the stream's watermark, or more than the watermark delay behind the highest
         # event time its symbol had when it arrived -- so a late tick is late whatever the batch cut.
         arrival = np.lexsort((ticks[OFFSET], ticks[PARTITION]))
@@ -222,17 +246,19 @@ def _prepare(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
         top = int(ticks[TS_MS].max())
         high_water = top if high_water is None else max(high_water, top)
 
-    ticks = _take(ticks, _order(ticks))
+    ticks = _ordered(ticks)
+    keys = _keys(ticks)
+    ticks = {**ticks, KEY: np.array(keys, dtype=object)}  # kept for the state's recent keys (_compute)
     seen = set(state.recent)
     if state.has_pending:
         seen.update(_keys(state.pending))
-    dup = np.zeros(_length(ticks), dtype=bool)
-    for i, key in enumerate(_keys(ticks)):
-        if key in seen:
-            dup[i] = True
-        else:
-            seen.add(key)
-    if dup.any():
+    if len(set(keys)) < len(keys) or not seen.isdisjoint(keys):
+        dup = np.zeros(len(keys), dtype=bool)
+        for i, key in enumerate(keys):
+            if key in seen:
+                dup[i] = True
+            else:
+                seen.add(key)
         out.add_rejects(_take(ticks, dup), Reason.DUPLICATE)
         ticks = _take(ticks, ~dup)
 
@@ -246,15 +272,25 @@ def _prepare(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
         pool = {c: ticks[c] for c in _PENDING}
         if state.has_pending:
             pool = {c: np.concatenate([state.pending[c], pool[c]]) for c in _PENDING}
-        pool = _take(pool, _order(pool))
+        pool = _ordered(pool)
         ready = pool[TS_MS] < watermark_ms
         ticks, pending = _take(pool, ready), _take(pool, ~ready)
-    elif state.last_ts is not None and _length(ticks):
+    elif state.last_ts is not None and _length(ticks) and ticks[TS_MS][0] < state.last_ts:  # [0]: the oldest
         older = ticks[TS_MS] < state.last_ts
         if older.any():
             out.add_rejects(_take(ticks, older), Reason.OUT_OF_ORDER)
             ticks = _take(ticks, ~older)
-    return out, ticks, replace(state, high_water=high_water, pending=pending)
+    return out, ticks, SymbolState(history=state.history, last_ts=state.last_ts, high_water=high_water,
+                                   recent=state.recent, last_action=state.last_action, pending=pending)
+
+
+def _none_late(ts: np.ndarray, high_water: int | None, watermark_ms: int, cfg: KernelConfig) -> bool:
+    """True when no tick can be late (the common case, checked in two reductions): none is behind the
+    watermark, and none is more than the delay behind the highest event time seen, which bounds the
+    highest one seen before any tick arrived."""
+    oldest, newest = int(ts.min()), int(ts.max())
+    highest = newest if high_water is None else max(high_water, newest)
+    return oldest >= watermark_ms and oldest >= highest - cfg.watermark_delay_ms
 
 
 def _compute(symbols: list[str], ready: list[Columns], states: list[SymbolState],
@@ -266,9 +302,12 @@ def _compute(symbols: list[str], ready: list[Columns], states: list[SymbolState]
     for call, (ticks, state) in enumerate(zip(ready, states, strict=True)):
         if not _length(ticks):
             continue
-        ts = ticks[TS_MS].astype(np.int64)
-        gaps = np.diff(ts, prepend=state.last_ts if state.last_ts is not None else ts[0])
-        starts = np.nonzero(gaps > cfg.idle_timeout_ms)[0].tolist()
+        ts = ticks[TS_MS]
+        previous = state.last_ts if state.last_ts is not None else int(ts[0])
+        starts = []
+        if int(ts[-1]) - previous > cfg.idle_timeout_ms:  # in order, so no gap is longer than the span
+            gaps = np.diff(ts.astype(np.int64), prepend=previous)
+            starts = np.nonzero(gaps > cfg.idle_timeout_ms)[0].tolist()
         for lo, hi in itertools.pairwise(sorted({0, *starts, len(ts)})):
             begin = SymbolState(high_water=state.high_water, pending=state.pending) if lo in starts else state
             series.append((call, lo, hi, begin))
@@ -303,7 +342,8 @@ def _compute(symbols: list[str], ready: list[Columns], states: list[SymbolState]
         if k + 1 < len(series) and series[k + 1][0] == call:
             continue  # a later series of the same symbol starts afresh
         done = ready[call]
-        recent = (*begin.recent, *_keys(_take(done, slice(max(lo, hi - indicators.HISTORY), hi))))
+        last = slice(max(lo, hi - indicators.HISTORY), hi)
+        recent = (*begin.recent, *(done[KEY][last].tolist() if KEY in done else _keys(_take(done, last))))
         states[call] = SymbolState(history=tails[k], last_ts=int(done[TS_MS][hi - 1]), high_water=begin.high_water,
                                    recent=recent[-indicators.HISTORY:], last_action=str(action[first[k] + hi - lo - 1]),
                                    pending=begin.pending)

@@ -7,9 +7,11 @@ a key is called when it has data, or when its timer is below the watermark (Even
 
 from __future__ import annotations
 
+import copyreg
 import itertools
 import pickle
 
+import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import Row
@@ -134,6 +136,52 @@ def test_a_checkpoint_written_with_another_bucket_count_stops_with_a_message():
     blob = (state.STATE_FORMAT, pickle.dumps((BUCKETS * 2, {})))
     with pytest.raises(state.StateFormatError, match=f"stream.state_buckets={BUCKETS * 2}, not {BUCKETS}"):
         state.load_bucket(_state(blob, 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
+
+
+class _Format2Pickler(pickle.Pickler):
+    """Pickles a SymbolState as format 2 did: a plain dataclass, before it had a __reduce__ of its own."""
+
+    def reducer_override(self, obj):
+        if type(obj) is SymbolState:
+            return copyreg.__newobj__, (SymbolState,), dict(obj.__dict__)
+        return NotImplemented
+
+
+def _fields(s: SymbolState) -> tuple:
+    h, pending = s.history, s.pending or {}
+    return (tuple(repr(a.tolist()) + str(a.dtype) for a in (h.price, h.volume, h.price_change_pct)), s.last_ts,
+            s.high_water, s.recent, s.last_action, {k: (repr(v.tolist()), str(v.dtype)) for k, v in pending.items()})
+
+
+@pytest.mark.parametrize("ordering", ["arrival", "event_time"])
+def test_a_symbols_state_pickles_exactly_and_format_2_checkpoints_still_load(ordering):
+    """A symbol's state has its own compact pickle (format 3): it must come back field for field, and
+    a bucket a version before it wrote (format 2, dataclass pickles) must load to the same state."""
+    cfg = KernelConfig(strategy=StrategySettings(), ordering=ordering, watermark_delay_ms=5_000)
+    ts = T0 + np.arange(0, 60_000, 1_000)
+    frame = pd.DataFrame([_tick("A", int(t), i) for i, t in enumerate(ts)]).drop(columns=["reason", "raw"])
+    first = kernel.process("A", kernel.columns_of(frame[:50]), SymbolState(), cfg, 0).state
+    after = kernel.process("A", kernel.columns_of(frame[50:].reset_index(drop=True)), first, cfg, int(ts[50])).state
+    assert len(after.history) == 49 and len(after.recent) == 49
+    assert (after.pending is not None) == (ordering == "event_time")
+    for symbol_state in (after, SymbolState()):
+        again = pickle.loads(pickle.dumps(symbol_state, protocol=pickle.HIGHEST_PROTOCOL))
+        assert _fields(again) == _fields(symbol_state)
+
+    def format_2_blob(symbol_state: SymbolState) -> bytes:
+        import io
+
+        out = io.BytesIO()
+        _Format2Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(symbol_state)
+        return out.getvalue()
+
+    old = format_2_blob(after)
+    assert b"History" in old and b"_symbol_state" not in old  # the old layout, not the new one
+    blob = (2, pickle.dumps((BUCKETS, {"A": (int(ts[-1]), old)})))
+    loaded = state.load_bucket(_state(blob, 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
+    assert _fields(pickle.loads(loaded["A"][1])) == _fields(after)
+    with pytest.raises(state.StateFormatError, match="format 1, this version reads 2 and 3: start from a new"):
+        state.load_bucket(_state((1, blob[1]), 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
 
 
 def test_every_symbol_has_one_bucket_in_range(spark):

@@ -53,12 +53,15 @@ TICK_COLUMNS: tuple[str, ...] = (SYMBOL, *kernel.TICK_DTYPES, EXCHANGE, TOPIC, R
 def by_symbol(frames: Iterator[pd.DataFrame]) -> dict[str, Columns]:
     """A bucket's ticks split by symbol as the kernel's columns: symbols in the order they first come,
     each symbol's ticks in input order. A column holding a validation reject may come as float64 or
-    object (Arrow gives a null int as NaN): the kernel types the valid ticks' columns once rejects are out."""
+    object (Arrow gives a null int as NaN): the kernel types the valid ticks' columns once rejects are out.
+    Without a validation reject in the bucket, the reason and raw columns are left out."""
     frames = [f for f in frames if len(f)]
     if not frames:
         return {}
     cols = {c: np.concatenate([f[c].to_numpy() for f in frames]) if len(frames) > 1 else frames[0][c].to_numpy()
             for c in TICK_COLUMNS}
+    if pd.isna(cols[REASON]).all():  # no validation rejects: the kernel need not look for them per symbol
+        del cols[REASON], cols[RAW]
     codes, symbols = pd.factorize(cols[SYMBOL])
     if len(symbols) == 1:
         return {symbols[0]: cols}
@@ -76,8 +79,11 @@ _NO_TICKS: Columns = {c: np.empty(0, dtype=kernel.TICK_DTYPES.get(c, object)) fo
 # pickle (~0.2 ms a symbol). STATE_FORMAT is bumped when that changes shape; an older blob then stops
 # the job with a message instead of being misread, and so does a blob written with another number of
 # buckets (its symbols now hash elsewhere). (Format 1 was keyed by symbol: Spark's own state schema
-# check stops such a checkpoint before any blob is read.)
-STATE_FORMAT = 2
+# check stops such a checkpoint before any blob is read. Format 3 pickles a symbol's state in its own
+# compact form, SymbolState.__reduce__, which a version before it cannot read; format 2's pickles are
+# dataclasses, which this version still reads.)
+STATE_FORMAT = 3
+READABLE_FORMATS = (2, 3)
 STATE_SCHEMA = T.StructType([T.StructField("format", T.IntegerType()), T.StructField("blob", T.BinaryType())])
 Bucket = dict[str, tuple[int, bytes]]
 
@@ -91,9 +97,10 @@ def load_bucket(state: GroupState, buckets: int) -> Bucket:
 
 
 def _bucket(fmt: int, blob: bytes, buckets: int) -> Bucket:
-    if fmt != STATE_FORMAT:
+    if fmt not in READABLE_FORMATS:
         raise StateFormatError(f"the checkpoint holds symbol state format {fmt}, this version reads "
-                               f"{STATE_FORMAT}: start from a new checkpoint (stream.checkpoint)")
+                               f"{' and '.join(map(str, READABLE_FORMATS))}: start from a new checkpoint "
+                               "(stream.checkpoint)")
     written, bucket = pickle.loads(blob)
     if written != buckets:
         raise StateFormatError(f"the checkpoint's state was written with stream.state_buckets={written}, not "
