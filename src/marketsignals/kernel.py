@@ -107,8 +107,9 @@ class SymbolState:
 
     def __reduce__(self):
         # The state store keeps every symbol's state pickled (stream/state.py). Pickled as a dataclass,
-        # its history's three small arrays took most of the time (numpy's own pickling, ~3 us an
-        # array each way): one bytes string of their float64 values is a third of that.
+        # a state with a full history took 11 us to pickle and 7.5 us to load here, most of it numpy
+        # pickling the history's three small arrays one by one; with their float64 values as one bytes
+        # string, 3 and 4 us.
         h = self.history
         values = b"".join(np.asarray(a, dtype=np.float64).tobytes() for a in (h.price, h.volume, h.price_change_pct))
         return _symbol_state, (values, self.last_ts, self.high_water, self.recent, self.last_action, self.pending)
