@@ -138,6 +138,23 @@ def test_a_checkpoint_written_with_another_bucket_count_stops_with_a_message():
         state.load_bucket(_state(blob, 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
 
 
+def test_a_buckets_validation_rejects_keep_their_reason_and_raw_value():
+    """by_symbol leaves the reason and raw columns out of a bucket without validation rejects (the
+    kernel then skips looking for them symbol by symbol); a bucket with one keeps them."""
+    good = [_tick("A", T0 + i * 1000, i) for i in range(4)]
+    bad = {**_tick("B", T0, 4), "ts_ms": None, "price": None, "reason": "not_json", "raw": "{oops"}
+    clean = state.by_symbol(iter(_frames(good)))
+    assert set(clean["A"]) == set(state.TICK_COLUMNS) - {"reason", "raw"}
+    mixed = state.by_symbol(iter(_frames([*good, bad])))
+    assert set(mixed["A"]) == set(mixed["B"]) == set(state.TICK_COLUMNS)
+    handler = state.make_handler(KernelConfig(strategy=StrategySettings()), BUCKETS)
+    [out] = handler((0,), iter(_frames([*good, bad])), _state(None, 0, GroupState.NO_TIMESTAMP, False))
+    rejects = out[out.kind == kernel.KIND_REJECT]
+    assert rejects[["symbol", "reason", "raw", "offset"]].values.tolist() == [["B", "not_json", "{oops", 4]]
+    counts = out[out.kind == kernel.KIND_COUNT].set_index("symbol").processed.to_dict()
+    assert counts == {"A": 4, "B": 0}
+
+
 class _Format2Pickler(pickle.Pickler):
     """Pickles a SymbolState as format 2 did: a plain dataclass, before it had a __reduce__ of its own."""
 
