@@ -84,8 +84,8 @@ def batches(ticks: int, symbols: int, per_batch: int, buckets: int) -> list[tupl
 
 
 def run(work: list, handler, delay_ms: int) -> tuple[list[pd.DataFrame], dict[int, _GroupState]]:
-    """Every batch through the handler, as Spark calls it (buckets with data; the timers are not
-    fired on their own, as no bucket is without data in this workload)."""
+    """Every batch through the handler, as Spark calls it: each bucket with data, then each bucket
+    without data whose timer the watermark has passed (EventTimeTimeout)."""
     states: dict[int, _GroupState] = {}
     outputs = []
     watermark = 0
@@ -94,6 +94,11 @@ def run(work: list, handler, delay_ms: int) -> tuple[list[pd.DataFrame], dict[in
             state = states.setdefault(b, _GroupState())
             state.watermark = watermark
             outputs.extend(handler((b,), iter([group]), state))
+        called = {b for b, _ in groups}
+        for b, state in states.items():
+            if b not in called and state.exists and state.timeout is not None and state.timeout < watermark:
+                state.watermark = watermark
+                outputs.extend(handler((b,), iter([]), state))
         watermark = newest - delay_ms
     return outputs, states
 
