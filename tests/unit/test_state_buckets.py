@@ -8,6 +8,7 @@ a key is called when it has data, or when its timer is below the watermark (Even
 from __future__ import annotations
 
 import copyreg
+import io
 import itertools
 import pickle
 
@@ -185,14 +186,9 @@ def test_a_symbols_state_pickles_exactly_and_format_2_checkpoints_still_load(ord
         again = pickle.loads(pickle.dumps(symbol_state, protocol=pickle.HIGHEST_PROTOCOL))
         assert _fields(again) == _fields(symbol_state)
 
-    def format_2_blob(symbol_state: SymbolState) -> bytes:
-        import io
-
-        out = io.BytesIO()
-        _Format2Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(symbol_state)
-        return out.getvalue()
-
-    old = format_2_blob(after)
+    out = io.BytesIO()
+    _Format2Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(after)
+    old = out.getvalue()
     assert b"History" in old and b"_symbol_state" not in old  # the old layout, not the new one
     blob = (2, pickle.dumps((BUCKETS, {"A": (int(ts[-1]), old)})))
     loaded = state.load_bucket(_state(blob, 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
