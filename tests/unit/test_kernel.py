@@ -61,6 +61,19 @@ def test_exact_duplicates_are_rejected_once_seen_within_and_across_calls():
     assert rejects(other) == [] and other.processed == 1
 
 
+def test_in_event_time_mode_a_copy_of_a_tick_still_waiting_is_a_duplicate():
+    # the first tick waits for the watermark (pending in state); a copy in a later call must be caught
+    # against it, not only against the processed ticks' keys
+    cfg = KernelConfig(strategy=StrategySettings(), ordering="event_time")
+    first = run(ticks([T0, T0 + 1000], price=[10.0, 11.0]), cfg=cfg, watermark=T0 - 1)
+    assert first.processed == 0 and len(first.state.pending["ts_ms"]) == 2
+    again = run(ticks([T0 + 1000, T0 + 1000, T0 + 2000], price=[11.0, 11.5, 12.0], offsets=[2, 3, 4]),
+                state=first.state, cfg=cfg, watermark=T0 - 1)
+    assert rejects(again) == ["duplicate"]  # the same tick; another price at the same time is not one
+    assert again.output[again.output.kind == "reject"].offset.tolist() == [2]
+    assert sorted(again.state.pending["price"].tolist()) == [10.0, 11.0, 11.5, 12.0]
+
+
 def with_validation_reject(frame):
     """``frame`` as Arrow hands it to pandas when the group also has a validation reject: its null
     timestamp and volume turn those int64 columns into float64 (NaN)."""
