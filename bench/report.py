@@ -56,7 +56,7 @@ def table(results: dict) -> str:
     lat = [(k, v) for k, v in runs.items() if k.startswith("d_latency_")]
     if lat:
         lines += ["", f"{'feed rate':>10}{'achieved':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'batch ms':>10}"
-                      f"{'max lag':>10}  sustained"]
+                      f"{'max lag':>10}  sustained  (p50 / p99 ms over the feed's second half)"]
         for _, v in sorted(lat, key=lambda kv: kv[1].get("rate", 0)):
             if "error" in v:
                 lines.append(f"{'?':>10} failed: {v['error'].splitlines()[0][:80]}")
@@ -64,7 +64,9 @@ def table(results: dict) -> str:
             fed = v.get("feeder", {})
             lines.append(f"{_fmt(v['rate']):>10}{_fmt(fed.get('rate')):>10}{_fmt(v.get('p50_ms')):>9}"
                          f"{_fmt(v.get('p95_ms')):>9}{_fmt(v.get('p99_ms')):>9}{_fmt(v.get('batch_ms_median')):>10}"
-                         f"{_fmt(v.get('max_lag_ticks')):>10}  {'yes' if v.get('sustained') else 'no'}")
+                         f"{_fmt(v.get('max_lag_ticks')):>10}  {'yes' if v.get('sustained') else 'no':<9}"
+                         + (f"  ({_fmt(half.get('p50_ms'))} / {_fmt(half.get('p99_ms'))})"
+                            if (half := v.get("second_half")) else ""))
         best = max((v["rate"] for _, v in lat if v.get("sustained")), default=None)
         lines.append(f"highest sustained rate tried: {_fmt(best)} ticks/s")
     soak = runs.get("soak")

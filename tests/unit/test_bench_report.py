@@ -40,3 +40,32 @@ def test_without_the_feed_window_the_drain_would_read_as_a_leak_in_reverse(repor
     # results written before the window was recorded: the second half of the whole series
     slopes = report.rss_slopes({"rss_series": soak_series(2.0)})
     assert slopes["python_workers"] < -10
+
+
+def test_latency_percentiles_also_over_the_feeds_second_half(monkeypatch):
+    """A start-up backlog (the first ticks waiting seconds) lifts p99 over the whole feed; the second
+    half's percentiles leave it out, the overall ones keep it."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.spark_runs import latency_summary
+
+    events = [float(t) for t in range(0, 100_000, 100)]  # a tick every 100 ms for 100 s
+    latency = [5_000.0 if t < 10_000 else 800.0 for t in events]  # 10 % of them waited 5 s
+    summary = latency_summary(latency, events)
+    assert summary["signals"] == 1000 and summary["p99_ms"] == 5_000.0 and summary["p50_ms"] == 800.0
+    assert summary["second_half"] == {"signals": 500, "p50_ms": 800.0, "p95_ms": 800.0, "p99_ms": 800.0}
+    assert latency_summary([], []) == {"signals": 0}
+
+
+def test_the_latency_table_shows_the_second_half(report):
+    run = {"rate": 20_000, "feeder": {"rate": 19_990}, "p50_ms": 2081.0, "p95_ms": 7371.0, "p99_ms": 9296.2,
+           "batch_ms_median": 1400, "max_lag_ticks": 0.0, "sustained": True,
+           "second_half": {"signals": 10, "p50_ms": 1500.0, "p95_ms": 2000.0, "p99_ms": 2600.0}}
+    old = {**run, "rate": 5_000, "sustained": False}
+    del old["second_half"]  # results written before the split
+    results = {"host": {"load_avg_start": [0.1], "load_avg_end": [0.2], "cpus": 2},
+               "runs": {"d_latency_20000": run, "d_latency_5000": old}}
+    lines = report.table(results).splitlines()
+    [line] = [row for row in lines if row.strip().startswith("20,000")]
+    assert line.split()[-4:] == ["yes", "(1,500", "/", "2,600)"]
+    [line] = [row for row in lines if row.strip().startswith("5,000")]
+    assert line.split()[-1] == "no"
