@@ -62,6 +62,7 @@ class _Section(BaseModel):
 
 
 SINK_PRODUCER_DEFAULTS = {"linger.ms": "5", "batch.size": "262144"}
+SOURCE_CONSUMER_DEFAULTS = {"fetch.max.wait.ms": "20"}
 
 
 def _as_text(value: Any) -> Any:
@@ -90,8 +91,13 @@ class KafkaSettings(_Section):
     # records took 0.8-1.3 s to produce here, 0.4-0.55 s with these; a 200,000-tick batch's writes
     # took 40 % less time (README, Performance, twelfth round).
     producer_options: dict[str, str] = Field(default_factory=lambda: dict(SINK_PRODUCER_DEFAULTS))
+    # Consumer-only options of the Spark Kafka source, on top of ``options``. A source task that reads
+    # a partition up to its end, with nothing new arriving, waited for the broker's long poll: the
+    # consumer's fetch.max.wait.ms, 500 ms by default, per task (the last batch after a feed stopped:
+    # nine tasks of ~540 ms instead of 50-100 ms; README, Performance, fourteenth round).
+    consumer_options: dict[str, str] = Field(default_factory=lambda: dict(SOURCE_CONSUMER_DEFAULTS))
 
-    @field_validator("producer_options", mode="before")
+    @field_validator("producer_options", "consumer_options", mode="before")
     @classmethod
     def _option_text(cls, value: Any) -> Any:
         return _as_text(value)  # the Kafka client takes every option as text
@@ -347,10 +353,11 @@ def _apply_assignment(data: dict[str, Any], item: str, source: str) -> None:
     if not sep or not key:
         raise SettingsError(f"{source}: expected section.key=value, got {item!r}")
     parts = key.split(".")
-    # dict-valued leaves (kafka.options, kafka.producer_options, spark.conf,
+    # dict-valued leaves (kafka.options, kafka.producer_options, kafka.consumer_options, spark.conf,
     # stream.audit_table_properties) take the rest of the key as one dotted name:
     # "spark.conf.spark.sql.shuffle.partitions=8"
-    if len(parts) >= 3 and parts[1] in ("options", "producer_options", "conf", "audit_table_properties"):
+    if len(parts) >= 3 and parts[1] in ("options", "producer_options", "consumer_options", "conf",
+                                         "audit_table_properties"):
         section = data.setdefault(parts[0], {})
         if not isinstance(section, dict):
             raise SettingsError(f"{source}: {key}: {parts[0]} is not a section")

@@ -71,6 +71,20 @@ def test_sink_producer_options_default_to_the_profile_and_win_over_client_option
                                                                               "enable.idempotence": "true"}
 
 
+def test_source_consumer_options_reach_the_source_only():
+    from marketsignals.stream.source import sink_options, source_options
+
+    for profile in ("local", "emr"):
+        kafka = load_settings(profile, env={}).kafka
+        assert kafka.consumer_options == {"fetch.max.wait.ms": "20"}
+        assert source_options(kafka)["kafka.fetch.max.wait.ms"] == "20"
+        assert "kafka.fetch.max.wait.ms" not in sink_options(kafka) and "kafka.linger.ms" not in source_options(kafka)
+    s = load_settings("local", ["kafka.consumer_options.fetch.max.wait.ms=500", "kafka.options.fetch.max.wait.ms=7",
+                                "kafka.options.security.protocol=SSL"], env={})
+    opts = source_options(s.kafka)
+    assert opts["kafka.fetch.max.wait.ms"] == "500" and opts["kafka.security.protocol"] == "SSL"  # the source's own win
+
+
 def test_audit_table_properties_default_to_the_profile_and_take_dotted_keys(tmp_path):
     s = load_settings("local", ["stream.audit_table_properties.delta.checkpointInterval=10"], env={})
     assert s.stream.audit_table_properties == {"delta.dataSkippingNumIndexedCols": "2",

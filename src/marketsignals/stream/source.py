@@ -19,6 +19,12 @@ def sink_options(kafka: KafkaSettings) -> dict[str, str]:
     return {**client_options(kafka), **_spark_keys(kafka.producer_options)}
 
 
+def source_options(kafka: KafkaSettings) -> dict[str, str]:
+    """``kafka.*`` options for Spark's Kafka source: :func:`client_options` plus the consumer's own
+    (``kafka.consumer_options``, which win). Values can be secrets: never log this dict."""
+    return {**client_options(kafka), **_spark_keys(kafka.consumer_options)}
+
+
 def _spark_keys(options: dict[str, str]) -> dict[str, str]:
     """Kafka client options as Spark's Kafka source and sink take them: ``kafka.`` + the client's key."""
     return {f"kafka.{k}": str(v) for k, v in options.items()}
@@ -26,7 +32,7 @@ def _spark_keys(options: dict[str, str]) -> dict[str, str]:
 
 def read_ticks(spark: SparkSession, kafka: KafkaSettings) -> DataFrame:
     """The raw tick stream: Kafka key, value, topic, partition, offset, timestamp."""
-    reader = spark.readStream.format("kafka").options(**client_options(kafka))
+    reader = spark.readStream.format("kafka").options(**source_options(kafka))
     if kafka.topic_pattern:
         reader = reader.option("subscribePattern", kafka.topic_pattern)
     else:
