@@ -150,3 +150,11 @@ def output_rows(frame) -> list[tuple]:
     exactly (their repr)."""
     return [tuple(None if v is None or v != v else repr(v) if isinstance(v, float) else v for v in row)
             for row in frame.astype(object).itertuples(index=False)]
+
+
+def state_fields(state) -> tuple:
+    """A kernel SymbolState's fields for equality: its arrays' values exactly (their repr) and dtypes."""
+    h = state.history
+    pending = None if state.pending is None else {k: (repr(v.tolist()), str(v.dtype)) for k, v in state.pending.items()}
+    return (tuple(repr(a.tolist()) + str(a.dtype) for a in (h.price, h.volume, h.price_change_pct)),
+            state.last_ts, state.high_water, state.recent, state.last_action, pending)

@@ -7,7 +7,7 @@ import pytest
 from marketsignals import kernel
 from marketsignals.kernel import KernelConfig, SymbolState
 from marketsignals.settings import StrategySettings
-from support import output_rows
+from support import output_rows, state_fields
 
 CFG = KernelConfig(strategy=StrategySettings(), watermark_delay_ms=30_000, idle_timeout_ms=3_600_000)
 T0 = 1_767_312_000_000
@@ -216,14 +216,6 @@ def _signals_of(symbol: str, rows: list[tuple]) -> list[tuple]:
     return [r for r in rows if r[kind] == kernel.KIND_SIGNAL and r[sym] == symbol]
 
 
-def _state_fields(state: SymbolState) -> tuple:
-    """A state's fields, floats exactly (repr), for equality."""
-    h = state.history
-    pending = None if state.pending is None else {k: repr(v.tolist()) for k, v in state.pending.items()}
-    return (repr(h.price.tolist()), repr(h.volume.tolist()), repr(h.price_change_pct.tolist()), state.last_ts,
-            state.high_water, state.recent, state.last_action, pending)
-
-
 @pytest.mark.parametrize("ordering", ["arrival", "event_time"])
 @pytest.mark.parametrize("emission", ["on_change", "every"])
 def test_a_bucket_of_symbols_gives_each_the_rows_and_state_it_gets_alone(ordering, emission):
@@ -272,6 +264,6 @@ def test_a_bucket_of_symbols_gives_each_the_rows_and_state_it_gets_alone(orderin
         for s in symbols:  # and each symbol's signals in their order
             assert _signals_of(s, got_rows) == _signals_of(s, want_rows)
         for (s, _, _), state in zip(calls, after, strict=True):
-            assert _state_fields(state) == _state_fields(want_states[s]), f"batch {batch} symbol {s}"
+            assert state_fields(state) == state_fields(want_states[s]), f"batch {batch} symbol {s}"
             states[s] = state
     assert alone_signals > 0 and series_split

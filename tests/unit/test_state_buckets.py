@@ -22,7 +22,7 @@ from marketsignals import kernel
 from marketsignals.kernel import KernelConfig, SymbolState
 from marketsignals.settings import StrategySettings
 from marketsignals.stream import state
-from support import output_rows
+from support import output_rows, state_fields
 
 BUCKETS = 4
 T0 = 1_767_312_000_000
@@ -165,12 +165,6 @@ class _Format2Pickler(pickle.Pickler):
         return NotImplemented
 
 
-def _fields(s: SymbolState) -> tuple:
-    h, pending = s.history, s.pending or {}
-    return (tuple(repr(a.tolist()) + str(a.dtype) for a in (h.price, h.volume, h.price_change_pct)), s.last_ts,
-            s.high_water, s.recent, s.last_action, {k: (repr(v.tolist()), str(v.dtype)) for k, v in pending.items()})
-
-
 @pytest.mark.parametrize("ordering", ["arrival", "event_time"])
 def test_a_symbols_state_pickles_exactly_and_format_2_checkpoints_still_load(ordering):
     """A symbol's state has its own compact pickle (format 3): it must come back field for field, and
@@ -184,7 +178,7 @@ def test_a_symbols_state_pickles_exactly_and_format_2_checkpoints_still_load(ord
     assert (after.pending is not None) == (ordering == "event_time")
     for symbol_state in (after, SymbolState()):
         again = pickle.loads(pickle.dumps(symbol_state, protocol=pickle.HIGHEST_PROTOCOL))
-        assert _fields(again) == _fields(symbol_state)
+        assert state_fields(again) == state_fields(symbol_state)
 
     out = io.BytesIO()
     _Format2Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(after)
@@ -192,7 +186,7 @@ def test_a_symbols_state_pickles_exactly_and_format_2_checkpoints_still_load(ord
     assert b"History" in old and b"_symbol_state" not in old  # the old layout, not the new one
     blob = (2, pickle.dumps((BUCKETS, {"A": (int(ts[-1]), old)})))
     loaded = state.load_bucket(_state(blob, 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
-    assert _fields(pickle.loads(loaded["A"][1])) == _fields(after)
+    assert state_fields(pickle.loads(loaded["A"][1])) == state_fields(after)
     with pytest.raises(state.StateFormatError, match="format 1, this version reads 2 and 3: start from a new"):
         state.load_bucket(_state((1, blob[1]), 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
 
