@@ -128,12 +128,12 @@ def test_parity_survives_a_stop_and_restart_from_the_checkpoint(spark, kafka_bro
     query = start_stream(spark, settings.with_overrides(["stream.trigger=processingTime=100 milliseconds"]),
                          listener=listener)
     try:
-        query.processAllAvailable() if False else None
         while query.isActive and (query.lastProgress is None or query.lastProgress["batchId"] < 2):
             query.awaitTermination(0.2)
     finally:
         query.stop()
         spark.streams.removeListener(listener)
+    assert query.exception() is None
     first_run = audit(spark, settings).count()
     record = json.loads((Path(settings.stream.checkpoint) / checkpoint.RECORD).read_text())
     assert record == {"state_buckets": settings.stream.state_buckets}
