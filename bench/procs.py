@@ -8,6 +8,8 @@ second says what the job costs even when other processes steal the cores.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -90,13 +92,43 @@ def jvm_threads(pid: int) -> dict[str, float]:
     return out
 
 
+NMT_OPTION = "-XX:NativeMemoryTracking=summary"  # the soak's --nmt: the JVM tracks its native memory
+_NMT_LINE = re.compile(r"^-\s+(?P<name>.+?) \(reserved=\d+KB, committed=(?P<kb>\d+)KB")
+_NMT_TOTAL = re.compile(r"^Total: reserved=\d+KB, committed=(?P<kb>\d+)KB")
+
+
+def parse_nmt(text: str) -> dict[str, int]:
+    """Committed bytes by category of ``jcmd <pid> VM.native_memory summary`` (plus ``Total``)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if m := _NMT_TOTAL.match(line):
+            out["Total"] = int(m["kb"]) * 1024
+        elif m := _NMT_LINE.match(line):
+            out[m["name"]] = int(m["kb"]) * 1024
+    return out
+
+
+def nmt_summary(pid: int) -> dict[str, int]:
+    """A running JVM's native memory by category; empty if it does not track it (or is gone)."""
+    try:
+        done = subprocess.run(["jcmd", str(pid), "VM.native_memory", "summary"], capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return parse_nmt(done.stdout)
+
+
 @dataclass
 class Sampler:
     """Samples a process tree every ``interval`` seconds: peak RSS by kind, CPU seconds by kind
-    (a finished process keeps the CPU it was last seen with), and an RSS time series."""
+    (a finished process keeps the CPU it was last seen with), and an RSS time series; every
+    ``nmt_every`` seconds (0: never) also the JVM's native memory by category, with its RSS then."""
 
     root: int
     interval: float = 1.0
+    nmt_every: float = 0.0
+    nmt_series: list[tuple[float, dict[str, int]]] = field(default_factory=list)
+    _nmt_next: float = 0.0
     peak_rss: dict[str, int] = field(default_factory=dict)
     series: list[tuple[float, dict[str, int]]] = field(default_factory=list)
     _cpu: dict[int, tuple[str, float]] = field(default_factory=dict)
@@ -129,6 +161,10 @@ class Sampler:
             self._cpu[pid] = (k, cpu - self._base.get(pid, 0.0))
             if k == "jvm":
                 self._jvm[pid] = jvm_threads(pid)
+                if self.nmt_every and time.monotonic() >= self._nmt_next:
+                    self._nmt_next = time.monotonic() + self.nmt_every
+                    if nmt := nmt_summary(pid):
+                        self.nmt_series.append((round(time.monotonic() - self._t0, 1), {**nmt, "rss": mem}))
             rss[k] = rss.get(k, 0) + mem
         for k, v in rss.items():
             self.peak_rss[k] = max(self.peak_rss.get(k, 0), v)

@@ -73,6 +73,9 @@ def table(results: dict) -> str:
     if soak and "rss_series" in soak:
         lines.append("")
         lines.append("memory over the soak: " + ", ".join(f"{k} {v:+.1f} MB/min" for k, v in rss_slopes(soak).items()))
+    if soak and (nmt := nmt_slopes(soak)):
+        top = list(nmt.items())[:7]
+        lines.append("  the JVM by NMT category (MB/min): " + ", ".join(f"{k} {v:+.1f}" for k, v in top))
     load = results["host"]
     lines.append(f"(load average at start {load['load_avg_start'][0]:.1f}, at end "
                  f"{load.get('load_avg_end', [0])[0]:.1f} on {load['cpus']} CPUs: wall rates drop under contention, "
@@ -80,25 +83,52 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def rss_slopes(run: dict) -> dict[str, float]:
-    """MB per minute of each process kind over the second half of the feed (after warm-up, before the
-    drain: the Python workers exit when the query stops); of the whole series if the feed's window
+def _second_half(run: dict, series: list) -> list:
+    """The points of ``series`` in the second half of the feed (after warm-up, before the drain: the
+    Python workers exit when the query stops); the second half of the series if the feed's window
     is not known."""
-    import numpy as np
-
-    series = run.get("rss_series") or []
     if run.get("feed_window_s"):
         start, end = run["feed_window_s"]
-        half = [(t, rss) for t, rss in series if (start + end) / 2 <= t <= end]
-    else:
-        half = series[len(series) // 2:]
+        return [(t, v) for t, v in series if (start + end) / 2 <= t <= end]
+    return series[len(series) // 2:]
+
+
+def _slope(points: list[tuple[float, float]]) -> float | None:
+    """MB per minute of a straight line through (seconds, bytes) points; None under three points."""
+    import numpy as np
+
+    if len(points) < 3:
+        return None
+    t, m = np.array(points, dtype=float).T
+    return float(np.polyfit(t / 60.0, m / 2**20, 1)[0])
+
+
+def rss_slopes(run: dict) -> dict[str, float]:
+    """MB per minute of each process kind over the second half of the feed."""
+    half = _second_half(run, run.get("rss_series") or [])
     out = {}
     for kind in ("jvm", "python_workers"):
-        pts = [(t, rss[kind]) for t, rss in half if kind in rss]
-        if len(pts) >= 3:
-            t, m = np.array(pts, dtype=float).T
-            out[kind] = float(np.polyfit(t / 60.0, m / 2**20, 1)[0])
+        slope = _slope([(t, rss[kind]) for t, rss in half if kind in rss])
+        if slope is not None:
+            out[kind] = slope
     return out
+
+
+def nmt_slopes(run: dict) -> dict[str, float]:
+    """MB per minute of the soak JVM's native memory by NMT category over the feed's second half
+    (``bench.run --nmt``), the biggest movers first: ``Total`` (all NMT sees), each category, and
+    ``outside NMT``, the JVM's RSS minus that total (native libraries' own allocations, such as
+    RocksDB's, and malloc's arenas)."""
+    half = _second_half(run, run.get("nmt_series") or [])
+    out = {}
+    for key in sorted({k for _, v in half for k in v} - {"rss"}):
+        slope = _slope([(t, v[key]) for t, v in half if key in v])
+        if slope is not None:
+            out[key] = slope
+    outside = _slope([(t, v["rss"] - v["Total"]) for t, v in half if "Total" in v and "rss" in v])
+    if outside is not None:
+        out["outside NMT"] = outside
+    return dict(sorted(out.items(), key=lambda kv: -abs(kv[1])))
 
 
 def chart(results: dict, path: Path) -> Path:

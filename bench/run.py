@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.env import WORK, BenchBroker
-from bench.procs import Sampler
+from bench.procs import NMT_OPTION, Sampler
 from bench.workload import ROOT, Workload, run_feeder, write_records
 
 RESULTS = Path(__file__).with_name("results")
@@ -31,13 +31,16 @@ RESULTS = Path(__file__).with_name("results")
 CODE: Path | None = None  # --code: measure another checkout's product (its src/ and conf/), e.g. a baseline
 
 
-def _run(cmd: list[str], timeout: float, interval: float = 1.0) -> dict:
-    """Run one measurement process; its BENCH-RESULT plus CPU and peak memory of its process tree."""
+def _run(cmd: list[str], timeout: float, interval: float = 1.0, nmt_every: float = 0.0) -> dict:
+    """Run one measurement process; its BENCH-RESULT plus CPU and peak memory of its process tree
+    (``nmt_every`` > 0: its JVM tracks its native memory, sampled that often)."""
     path = [str(CODE / "src"), str(ROOT)] if CODE else [str(ROOT)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([*path, os.environ.get("PYTHONPATH", "")]))
+    if nmt_every:  # read by the java launcher that PySpark runs: on top of the profile's driver options
+        env["JDK_JAVA_OPTIONS"] = f"{env.get('JDK_JAVA_OPTIONS', '')} {NMT_OPTION}".strip()
     proc = subprocess.Popen(cmd, cwd=CODE or ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    sampler = Sampler(proc.pid, interval=interval).start()
+    sampler = Sampler(proc.pid, interval=interval, nmt_every=nmt_every).start()
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -53,13 +56,15 @@ def _run(cmd: list[str], timeout: float, interval: float = 1.0) -> dict:
     result.update(usage)
     if interval >= 2:
         result["rss_series"] = sampler.series
+    if sampler.nmt_series:
+        result["nmt_series"] = sampler.nmt_series
     if "feed_monotonic" in result:  # when the feed ran, in the RSS series' seconds
         result["feed_window_s"] = [round(t - sampler.started, 1) for t in result.pop("feed_monotonic")]
     return result
 
 
-def spark_run(scenario: str, args: dict, timeout: float, interval: float = 1.0) -> dict:
-    return _run([sys.executable, "-m", "bench.spark_runs", scenario, json.dumps(args)], timeout, interval)
+def spark_run(scenario: str, args: dict, timeout: float, interval: float = 1.0, nmt_every: float = 0.0) -> dict:
+    return _run([sys.executable, "-m", "bench.spark_runs", scenario, json.dumps(args)], timeout, interval, nmt_every)
 
 
 def preload(broker: BenchBroker, prefix: str, w: Workload, partitions: int, work: Path) -> tuple[list[str], dict]:
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate-seconds", type=float, default=60.0)
     p.add_argument("--soak-seconds", type=float, default=0.0, help="memory over time at --soak-rate (0: skip)")
     p.add_argument("--soak-rate", type=float, default=5000.0)
+    p.add_argument("--nmt", action="store_true",
+                   help="the soak's JVM tracks its native memory (jcmd every 30 s): its growth by category")
     p.add_argument("--skip", default="", help="comma list of a,b,c,d,e")
     p.add_argument("--bootstrap", help="use this broker instead of starting one")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra settings for (b),(d),(e)")
@@ -159,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.soak_seconds > 0:
             log(f"memory soak at {args.soak_rate:,.0f} ticks/s for {args.soak_seconds:.0f}s")
             runs["soak"] = latency_run(broker, base + "-soak", args.soak_rate, args.soak_seconds, args, extra, work,
-                                       interval=5.0)
+                                       interval=5.0, nmt_every=30.0 if args.nmt else 0.0)
     finally:
         if not args.bootstrap:
             broker.stop()
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def latency_run(broker: BenchBroker, base: str, rate: float, seconds: float, args, extra: list[str], work: Path,
-                interval: float = 1.0) -> dict:
+                interval: float = 1.0, nmt_every: float = 0.0) -> dict:
     prefix = f"{base}-r{int(rate)}"
     settings = broker.topics(prefix, args.partitions)
     # enough distinct ticks for ~20 s of feed; the feeder cycles through them (re-stamped with the clock)
@@ -187,7 +194,7 @@ def latency_run(broker: BenchBroker, base: str, rate: float, seconds: float, arg
                  "stream.emission=every", *extra]
     result = spark_run("latency", {"bootstrap": broker.bootstrap, "work": str(work / prefix), "overrides": overrides,
                                    "rate": rate, "seconds": seconds, "records": str(records), "catch_up_s": 120},
-                       timeout=seconds + 900, interval=interval)
+                       timeout=seconds + 900, interval=interval, nmt_every=nmt_every)
     records.unlink(missing_ok=True)
     return result
 

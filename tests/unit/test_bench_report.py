@@ -69,3 +69,52 @@ def test_the_latency_table_shows_the_second_half(report):
     assert line.split()[-4:] == ["yes", "(1,500", "/", "2,600)"]
     [line] = [row for row in lines if row.strip().startswith("5,000")]
     assert line.split()[-1] == "no"
+
+
+NMT_TEXT = """12345:
+
+Native Memory Tracking:
+
+(Omitting categories weighting less than 1KB)
+
+Total: reserved=3036311KB, committed=1505363KB
+       malloc: 81234KB #412345
+       mmap:   reserved=2955077KB, committed=1424129KB
+
+-                 Java Heap (reserved=1048576KB, committed=1048576KB)
+                            (mmap: reserved=1048576KB, committed=1048576KB)
+
+-                      Code (reserved=251387KB, committed=50663KB)
+                            (malloc=3KB #1234)
+
+-                 Metaspace (reserved=131370KB, committed=78634KB)
+-    Native Memory Tracking (reserved=15921KB, committed=15921KB)
+"""
+
+
+def test_nmt_summary_is_read_by_category(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.procs import parse_nmt
+
+    assert parse_nmt(NMT_TEXT) == {"Total": 1505363 * 1024, "Java Heap": 1048576 * 1024, "Code": 50663 * 1024,
+                                   "Metaspace": 78634 * 1024, "Native Memory Tracking": 15921 * 1024}
+    assert parse_nmt("12345:\nNative memory tracking is not enabled\n") == {}
+
+
+def test_nmt_slopes_split_the_jvm_growth_by_category_and_outside_nmt(report):
+    # code cache +3 MB/min, heap flat, native allocations outside NMT +1 MB/min, over the feed's second half;
+    # before it (warm-up) everything grows fast and must not count
+    series = []
+    for t in range(0, 700, 30):
+        minutes = t / 60
+        code = (40 + 3 * minutes if t >= 360 else 10 * minutes) * MB
+        heap, outside = 1024 * MB, (30 + minutes if t >= 360 else 5 * minutes) * MB
+        series.append((float(t), {"Total": int(heap + code), "Java Heap": int(heap), "Code": int(code),
+                                  "rss": int(heap + code + outside)}))
+    slopes = report.nmt_slopes({"nmt_series": series, "feed_window_s": [60.0, 660.0]})
+    assert slopes["Code"] == pytest.approx(3.0)
+    assert slopes["Total"] == pytest.approx(3.0)
+    assert slopes["outside NMT"] == pytest.approx(1.0)
+    assert slopes["Java Heap"] == pytest.approx(0.0, abs=1e-6)
+    assert list(slopes)[-1] == "Java Heap"  # the biggest movers first
+    assert report.nmt_slopes({"rss_series": []}) == {}
