@@ -31,6 +31,7 @@ BASE_CONF: dict[str, str] = {
 
 
 DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
+LOCAL_MALLOC_ARENA_MAX = "2"
 
 
 class MissingJarsError(RuntimeError):
@@ -73,6 +74,10 @@ def build_session(spark: SparkSettings, extra_conf: dict[str, str] | None = None
         # Python workers run the interpreter that runs the driver (the project's venv); PySpark
         # reads PYSPARK_PYTHON when the SparkContext starts.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # The JVM that PySpark starts here inherits this: with glibc's default (8 malloc arenas per
+        # core) the JVM's memory outside its own accounting (NMT) grew 28 MB over the second half of a
+        # 10-minute soak, with 2 arenas 6 MB (README, Performance, fifteenth round). YARN sets its own.
+        os.environ.setdefault("MALLOC_ARENA_MAX", LOCAL_MALLOC_ARENA_MAX)
     conf = {"spark.jars": ",".join(local_jars(spark.jars_dir))} if spark.jars_dir else {}
     conf.update(session_conf(spark, extra_conf, bounded))
     for key, value in conf.items():

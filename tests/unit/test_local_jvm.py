@@ -1,9 +1,12 @@
 """The local profile's JVM flags (conf/local.yaml, spark.driver.extraJavaOptions), on the running JVM; a
 bounded run's (those, then spark.bounded_java_options) on a JVM of their own."""
 
+import os
 import subprocess
 
 from marketsignals.settings import load_settings
+
+ORIGINAL_ENV = dict(os.environ)  # at import, before the session fixture starts the JVM
 
 
 def test_c1_only_with_a_code_cache_that_holds_the_job(spark):
@@ -36,3 +39,14 @@ def test_bounded_runs_flags_give_c2_at_ten_times_its_tier4_thresholds():
     assert (final["Tier4InvocationThreshold"], final["Tier4CompileThreshold"]) == ("50000", "150000")
     assert final["Tier4BackEdgeThreshold"] == "400000" and final["Tier4MinInvocationThreshold"] == "6000"
     assert int(final["ReservedCodeCacheSize"]) >= 200 * 2**20 and final["AlwaysPreTouch"] == "true"
+
+
+def test_the_local_jvm_runs_with_few_malloc_arenas(spark):
+    from marketsignals.session import LOCAL_MALLOC_ARENA_MAX
+
+    # set before the JVM started unless the environment already chose (README, fifteenth round)
+    chosen = os.environ.get("MALLOC_ARENA_MAX")
+    assert chosen is not None
+    assert spark.sparkContext._jvm.java.lang.System.getenv("MALLOC_ARENA_MAX") == chosen
+    if "MALLOC_ARENA_MAX" not in ORIGINAL_ENV:
+        assert chosen == LOCAL_MALLOC_ARENA_MAX
