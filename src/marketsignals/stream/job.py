@@ -126,6 +126,9 @@ def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListe
     return writer.start()
 
 
+STOP_POLL_S = 0.2  # how soon after SIGTERM / Ctrl-C the query's stop starts, at the latest
+
+
 def run(spark: SparkSession, settings: Settings) -> int:
     """Start the query and wait; SIGTERM or Ctrl-C stops it cleanly (the batch in flight finishes
     or is replayed from the checkpoint next time)."""
@@ -136,7 +139,8 @@ def run(spark: SparkSession, settings: Settings) -> int:
     try:
         while query.isActive and not stop.is_set():
             try:
-                query.awaitTermination(1)
+                # short waits: a signal's handler runs here, but the stop starts only once this returns
+                query.awaitTermination(STOP_POLL_S)
             except StreamingQueryException:
                 break  # reported below, from query.exception(), as one restartable line
     finally:

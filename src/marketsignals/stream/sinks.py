@@ -179,7 +179,7 @@ class SignalSink:
         try:
             self._write(out, batch_id)
         except Exception as exc:
-            cancelled = stop_cancellation(str(exc), out.sparkSession.sparkContext.getLocalProperty(JOB_GROUP))
+            cancelled = stop_cancellation(str(exc), _job_group(out))
             if cancelled is None:
                 raise
             print(f"marketsignals: batch {batch_id} cut by the stop; the next start replays it from the checkpoint",
@@ -281,6 +281,14 @@ def stop_cancellation(error: str, job_group: str | None) -> BatchCancelled | Non
                           "the query is stopping")
 
 
+def _job_group(out: DataFrame) -> str | None:
+    """The running batch's job group (None if the JVM cannot say: the batch's own error is raised)."""
+    try:
+        return out.sparkSession.sparkContext.getLocalProperty(JOB_GROUP)
+    except Exception:
+        return None
+
+
 def audit_commit_tag(app_id: str, batch_id: int) -> str:
     """The audit commit's userMetadata: which query and batch wrote it (DESCRIBE HISTORY shows it)."""
     return json.dumps({"query": app_id, "batch": batch_id}, separators=(",", ":"))
@@ -331,9 +339,12 @@ def materialised(out: DataFrame) -> DataFrame:
 
 def release(out: DataFrame) -> None:
     """Free a :func:`materialised` batch's blocks now, not at the driver's next garbage collection
-    (Spark's ContextCleaner would, eventually)."""
+    (Spark's ContextCleaner would, eventually). Through the SparkContext, not ``RDD.unpersist``:
+    that logs a warning for every locally checkpointed RDD ("its lineage has been truncated"), one
+    line in the driver's log per micro-batch, forever."""
     try:
-        out._jdf.queryExecution().logical().rdd().unpersist(False)
+        rdd_id = out._jdf.queryExecution().logical().rdd().id()
+        out.sparkSession.sparkContext._jsc.sc().unpersistRDD(rdd_id, False)
     except Exception as exc:  # an internal API: never fail a written batch over its cleanup
         _log.warning("could not release the batch's checkpointed rows (%s); Spark frees them later", exc)
 
