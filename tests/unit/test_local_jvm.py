@@ -50,3 +50,15 @@ def test_the_local_jvm_runs_with_few_malloc_arenas(spark):
     assert spark.sparkContext._jvm.java.lang.System.getenv("MALLOC_ARENA_MAX") == chosen
     if "MALLOC_ARENA_MAX" not in ORIGINAL_ENV:
         assert chosen == LOCAL_MALLOC_ARENA_MAX
+
+
+def test_system_gc_is_a_concurrent_cycle_run_every_minute(spark):
+    # each batch's watermark predicate is a class of its own; only a concurrent mark (or a full GC)
+    # unloads them, and Spark's ContextCleaner asks for one every periodicGC.interval (README, sixteenth round)
+    assert spark.sparkContext.getConf().get("spark.cleaner.periodicGC.interval") == "1min"
+    jvm = spark.sparkContext._jvm
+    full = next(bean for bean in jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
+                if bean.getName() == "G1 Old Generation")  # JDK 17: counts full GCs only
+    before = full.getCollectionCount()
+    jvm.java.lang.System.gc()
+    assert full.getCollectionCount() == before  # a full GC would stop the whole JVM, tasks included
