@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CLI := $(BIN)/marketsignals
 MVN := mvn -q -B -s jvm/settings.xml -f jvm/pom.xml
+LOCALFS_JAR := .jars/local/marketsignals-localfs.jar
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
@@ -28,13 +29,19 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 # JVM artifacts from Maven Central into .jars/ (git-ignored). Re-runs only when the pom changes.
-jars: .jars/.fetched
+jars: .jars/.fetched $(LOCALFS_JAR)
 .jars/.fetched: jvm/pom.xml jvm/settings.xml
 	@command -v mvn >/dev/null || { echo "error: mvn not found: apt-get install maven"; exit 1; }
 	@command -v java >/dev/null || { echo "error: java not found: apt-get install openjdk-17-jdk-headless"; exit 1; }
 	$(MVN) -P connector package
 	$(MVN) -P broker package
 	$(MVN) -P msk-iam package
+	@touch $@
+
+# the one JVM library compiled here: Hadoop's local file system without a child process per file
+$(LOCALFS_JAR): jvm/localfs/pom.xml jvm/settings.xml $(wildcard jvm/localfs/src/main/java/io/marketsignals/hadoop/*.java)
+	@command -v mvn >/dev/null || { echo "error: mvn not found: apt-get install maven"; exit 1; }
+	mvn -q -B -s jvm/settings.xml -f jvm/localfs/pom.xml package -DskipTests
 	@touch $@
 
 kafka-up: venv jars

@@ -31,6 +31,7 @@ BASE_CONF: dict[str, str] = {
 
 
 DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
+DRIVER_CLASS_PATH = "spark.driver.extraClassPath"
 LOCAL_MALLOC_ARENA_MAX = "2"
 
 
@@ -46,6 +47,15 @@ def local_jars(jars_dir: str) -> list[str]:
     if missing:
         raise MissingJarsError(f"Spark jars missing in {folder} ({', '.join(m.rstrip('-') for m in missing)}): "
                                "run `make jars`")
+    return jars
+
+
+def classpath_jars(classpath_dir: str) -> list[str]:
+    """The jars of ``spark.classpath_dir`` (``make jars`` builds them); a clear error if there are none."""
+    folder = Path(classpath_dir)
+    jars = sorted(str(p.resolve()) for p in folder.glob("*.jar")) if folder.is_dir() else []
+    if not jars:
+        raise MissingJarsError(f"no jars in {folder} (spark.classpath_dir): run `make jars`")
     return jars
 
 
@@ -80,6 +90,9 @@ def build_session(spark: SparkSettings, extra_conf: dict[str, str] | None = None
         os.environ.setdefault("MALLOC_ARENA_MAX", LOCAL_MALLOC_ARENA_MAX)
     conf = {"spark.jars": ",".join(local_jars(spark.jars_dir))} if spark.jars_dir else {}
     conf.update(session_conf(spark, extra_conf, bounded))
+    if spark.classpath_dir:
+        paths = [conf.get(DRIVER_CLASS_PATH, ""), *classpath_jars(spark.classpath_dir)]
+        conf[DRIVER_CLASS_PATH] = os.pathsep.join(p for p in paths if p)
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()

@@ -278,6 +278,10 @@ class SparkSettings(_Section):
     master: str | None = "local[*]"
     app_name: str = "marketsignals"
     jars_dir: str = ".jars/spark"
+    # Jars on the driver JVM's own class path (spark.driver.extraClassPath), for classes Spark needs before
+    # it loads spark.jars: the local profile's Hadoop file system for file: paths (jvm/localfs). Like
+    # bounded_java_options, it acts only where the session starts the JVM, i.e. not under spark-submit.
+    classpath_dir: str = ""
     shuffle_partitions: int = Field(4, ge=1)
     log_level: str = "WARN"
     conf: dict[str, str] = Field(default_factory=dict)

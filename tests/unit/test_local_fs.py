@@ -1,0 +1,116 @@
+"""The local profile's Hadoop file system for file: paths (jvm/localfs, conf/local.yaml): Hadoop's own,
+with java.nio where Hadoop without its native library starts a child process (README, Performance,
+seventeenth round). The same permissions and link answers as Hadoop's, and no child process."""
+
+import os
+from pathlib import Path
+
+import pytest
+from py4j.protocol import Py4JJavaError
+
+PERMISSIONS = (0o600, 0o640, 0o644, 0o700, 0o750, 0o755)
+
+
+@pytest.fixture()
+def jvm(spark):
+    return spark.sparkContext._jvm
+
+
+def hadoop_raw(jvm, spark):
+    """Hadoop's own raw local file system (a child process per chmod and readlink), for comparison."""
+    fs = jvm.org.apache.hadoop.fs.RawLocalFileSystem()
+    fs.initialize(jvm.java.net.URI("file:///"), spark.sparkContext._jsc.hadoopConfiguration())
+    return fs
+
+
+def nio_raw(jvm, spark):
+    fs = jvm.io.marketsignals.hadoop.NioRawLocalFileSystem()
+    fs.initialize(jvm.java.net.URI("file:///"), spark.sparkContext._jsc.hadoopConfiguration())
+    return fs
+
+
+def children_faults(pid: int) -> int:
+    """Minor page faults of the process's waited-for children (/proc/<pid>/stat, cminflt): every child
+    process the JVM starts and reaps adds its own (a few hundred for a chmod)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[7])  # after ")": state ppid pgrp session tty_nr tpgid flags minflt cminflt
+
+
+def test_the_session_uses_it_through_both_hadoop_apis(spark, jvm, tmp_path):
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    uri = jvm.java.net.URI(tmp_path.as_uri())
+    assert jvm.org.apache.hadoop.fs.FileSystem.get(uri, conf).getClass().getName() == \
+        "io.marketsignals.hadoop.NioLocalFileSystem"  # data files, Delta's log reads
+    assert jvm.org.apache.hadoop.fs.FileContext.getFileContext(uri, conf).getDefaultFileSystem() \
+        .getClass().getName() == "io.marketsignals.hadoop.NioLocalFs"  # the checkpoint, Delta's log writes
+
+
+def test_its_jar_is_on_the_drivers_class_path_or_the_session_says_what_to_run(spark, tmp_path):
+    from marketsignals.session import DRIVER_CLASS_PATH, MissingJarsError, classpath_jars
+
+    # Hadoop resolves file: paths before Spark loads spark.jars, so the JVM must start with it
+    assert "marketsignals-localfs.jar" in spark.sparkContext.getConf().get(DRIVER_CLASS_PATH)
+    with pytest.raises(MissingJarsError, match="run `make jars`"):
+        classpath_jars(str(tmp_path))
+
+
+def test_files_and_directories_get_the_permissions_hadoop_gives(spark, jvm, tmp_path):
+    Path_ = jvm.org.apache.hadoop.fs.Path
+    FsPermission = jvm.org.apache.hadoop.fs.permission.FsPermission
+    modes = {}
+    for name, fs in (("hadoop", hadoop_raw(jvm, spark)), ("nio", nio_raw(jvm, spark))):
+        for perm in PERMISSIONS:
+            base = tmp_path / name / f"{perm:o}"
+            assert fs.mkdirs(Path_(str(base / "dir")), FsPermission(perm))
+            out = fs.create(Path_(str(base / "file")), FsPermission(perm), True, 4096, 1, 2**25, None)
+            out.write(bytearray(b"tick"))
+            out.close()
+            fs.setPermission(Path_(str(base / "file")), FsPermission(perm & 0o750))
+            modes[name, perm] = [os.stat(base / part).st_mode for part in ("dir", "file")]
+    assert {perm: modes["nio", perm] for perm in PERMISSIONS} == {perm: modes["hadoop", perm] for perm in PERMISSIONS}
+    assert modes["nio", 0o640][1] & 0o777 == 0o640 & 0o750  # the values themselves, not only equal
+    with pytest.raises(Py4JJavaError, match="FileNotFoundException"):
+        nio_raw(jvm, spark).setPermission(Path_(str(tmp_path / "missing")), FsPermission(0o644))
+
+
+def test_link_status_answers_as_hadoops(spark, jvm, tmp_path):
+    Path_ = jvm.org.apache.hadoop.fs.Path
+    (tmp_path / "file").write_text("tick")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    for name in ("file", "dir", "link"):
+        for path in (str(tmp_path / name), (tmp_path / name).as_uri()):  # plain and qualified, as Spark passes
+            ours, theirs = (fs.getFileLinkStatus(Path_(path)) for fs in (nio_raw(jvm, spark), hadoop_raw(jvm, spark)))
+            assert (ours.isSymlink(), ours.isFile(), ours.isDirectory(), ours.getLen()) == \
+                (theirs.isSymlink(), theirs.isFile(), theirs.isDirectory(), theirs.getLen()), (name, path)
+    with pytest.raises(Py4JJavaError, match="FileNotFoundException"):
+        nio_raw(jvm, spark).getFileLinkStatus(Path_(str(tmp_path / "missing")))
+
+
+def test_checkpoint_files_start_no_child_process(spark, jvm, tmp_path):
+    Path_ = jvm.org.apache.hadoop.fs.Path
+    FsPermission = jvm.org.apache.hadoop.fs.permission.FsPermission
+    pid = jvm.java.lang.ProcessHandle.current().pid()
+
+    before = children_faults(pid)
+    hadoop = hadoop_raw(jvm, spark)
+    for i in range(3):  # Hadoop's own: one chmod child per file
+        out = hadoop.create(Path_(str(tmp_path / f"hadoop-{i}")), FsPermission(0o644), True, 4096, 1, 2**25, None)
+        out.close()
+    per_file = (children_faults(pid) - before) / 3
+    assert per_file > 0  # the counter sees Hadoop's child processes
+
+    manager = jvm.org.apache.spark.sql.execution.streaming.CheckpointFileManager.create(
+        Path_(tmp_path.as_uri()), spark.sparkContext._jsc.hadoopConfiguration())
+    rounds = []
+    for r in range(3):  # the JVM may reap a child of its own meanwhile (Spark fetching its jars once)
+        before = children_faults(pid)
+        manager.mkdirs(Path_(f"{tmp_path.as_uri()}/checkpoint-{r}"))
+        for i in range(10):  # what each offset log, commit log and state store changelog entry does
+            out = manager.createAtomic(Path_(f"{tmp_path.as_uri()}/checkpoint-{r}/{i}"), True)
+            out.write(bytearray(b"v1\n{}"))
+            out.close()
+        rounds.append(children_faults(pid) - before)
+    assert min(rounds) < per_file  # not one child in ten files (Hadoop: 4-5 a file)
+    assert sorted(p.name for p in (tmp_path / "checkpoint-2").iterdir() if not p.name.startswith(".")) == \
+        sorted(str(i) for i in range(10))
