@@ -59,6 +59,12 @@ def classpath_jars(classpath_dir: str) -> list[str]:
     return jars
 
 
+def missing_from_class_path(jars: list[str], class_path: str) -> list[str]:
+    """The ``jars`` that a JVM's class path (its ``java.class.path``) does not hold."""
+    entries = {str(Path(entry).resolve()) for entry in class_path.split(os.pathsep) if entry}
+    return [jar for jar in jars if str(Path(jar).resolve()) not in entries]
+
+
 def session_conf(spark: SparkSettings, extra_conf: dict[str, str] | None = None,
                  bounded: bool = False) -> dict[str, str]:
     """The session's Spark conf besides its jars: the base, ``spark.conf``, ``extra_conf``; for a run over a
@@ -90,11 +96,21 @@ def build_session(spark: SparkSettings, extra_conf: dict[str, str] | None = None
         os.environ.setdefault("MALLOC_ARENA_MAX", LOCAL_MALLOC_ARENA_MAX)
     conf = {"spark.jars": ",".join(local_jars(spark.jars_dir))} if spark.jars_dir else {}
     conf.update(session_conf(spark, extra_conf, bounded))
-    if spark.classpath_dir:
-        paths = [conf.get(DRIVER_CLASS_PATH, ""), *classpath_jars(spark.classpath_dir)]
+    classpath = classpath_jars(spark.classpath_dir) if spark.classpath_dir else []
+    if classpath:
+        paths = [conf.get(DRIVER_CLASS_PATH, ""), *classpath]
         conf[DRIVER_CLASS_PATH] = os.pathsep.join(p for p in paths if p)
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(spark.log_level)
+    # Under spark-submit the JVM was started before these settings were read: without the jars, the
+    # classes the settings name (the local profile's file system for file: paths) fail at the first file.
+    if classpath:
+        running = session.sparkContext._jvm.java.lang.System.getProperty("java.class.path")
+        missing = missing_from_class_path(classpath, running)
+        if missing:
+            raise MissingJarsError(f"the driver's JVM started without {', '.join(missing)} (spark.classpath_dir) on "
+                                   f"its class path: under spark-submit pass --driver-class-path "
+                                   f"{os.pathsep.join(missing)}")
     return session
