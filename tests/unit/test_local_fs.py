@@ -31,7 +31,7 @@ def nio_raw(jvm, spark):
 
 def children_faults(pid: int) -> int:
     """Minor page faults of the process's waited-for children (/proc/<pid>/stat, cminflt): every child
-    process the JVM starts and reaps adds its own (a few hundred for a chmod)."""
+    process the JVM starts and reaps adds its own (tens for a chmod here)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[7])  # after ")": state ppid pgrp session tty_nr tpgid flags minflt cminflt
 

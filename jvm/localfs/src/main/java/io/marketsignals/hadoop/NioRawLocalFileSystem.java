@@ -15,7 +15,7 @@ import org.apache.hadoop.io.nativeio.NativeIO;
 /**
  * Hadoop's local file system without a child process per file.
  *
- * <p>Without Hadoop's native library (libhadoop, which no Maven artifact carries), {@link RawLocalFileSystem}
+ * <p>Without Hadoop's native library (libhadoop, which Maven Central does not carry), {@link RawLocalFileSystem}
  * runs {@code chmod} in a child process to set the permission of every file and directory it creates, and
  * {@code readlink} in another for every {@link #getFileLinkStatus} (what a {@code FileContext} rename asks of
  * its source and target). Spark's streaming checkpoint (offset and commit logs, each state store's changelog)
