@@ -4,7 +4,8 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 CLI := $(BIN)/marketsignals
-MVN := mvn -q -B -s jvm/settings.xml -f jvm/pom.xml
+MVN_CENTRAL := mvn -q -B -s jvm/settings.xml
+MVN := $(MVN_CENTRAL) -f jvm/pom.xml
 LOCALFS_JAR := .jars/local/marketsignals-localfs.jar
 PYTEST_ARGS ?=
 RUN_ARGS ?=
@@ -41,7 +42,7 @@ jars: .jars/.fetched $(LOCALFS_JAR)
 # the one JVM library compiled here: Hadoop's local file system without a child process per file
 $(LOCALFS_JAR): jvm/localfs/pom.xml jvm/settings.xml $(wildcard jvm/localfs/src/main/java/io/marketsignals/hadoop/*.java)
 	@command -v mvn >/dev/null || { echo "error: mvn not found: apt-get install maven"; exit 1; }
-	mvn -q -B -s jvm/settings.xml -f jvm/localfs/pom.xml package -DskipTests
+	$(MVN_CENTRAL) -f jvm/localfs/pom.xml package -DskipTests
 	@touch $@
 
 kafka-up: venv jars

@@ -39,10 +39,15 @@ class MissingJarsError(RuntimeError):
     pass
 
 
+def _jars_in(folder: Path) -> list[str]:
+    """The absolute paths of the jars in ``folder`` (none if it does not exist), sorted."""
+    return sorted(str(p.resolve()) for p in folder.glob("*.jar")) if folder.is_dir() else []
+
+
 def local_jars(jars_dir: str) -> list[str]:
     """The connector and Delta jars from ``make jars``; a clear error if any is missing."""
     folder = Path(jars_dir)
-    jars = sorted(str(p.resolve()) for p in folder.glob("*.jar")) if folder.is_dir() else []
+    jars = _jars_in(folder)
     missing = [prefix for prefix in REQUIRED_JARS if not any(Path(j).name.startswith(prefix) for j in jars)]
     if missing:
         raise MissingJarsError(f"Spark jars missing in {folder} ({', '.join(m.rstrip('-') for m in missing)}): "
@@ -53,7 +58,7 @@ def local_jars(jars_dir: str) -> list[str]:
 def classpath_jars(classpath_dir: str) -> list[str]:
     """The jars of ``spark.classpath_dir`` (``make jars`` builds them); a clear error if there are none."""
     folder = Path(classpath_dir)
-    jars = sorted(str(p.resolve()) for p in folder.glob("*.jar")) if folder.is_dir() else []
+    jars = _jars_in(folder)
     if not jars:
         raise MissingJarsError(f"no jars in {folder} (spark.classpath_dir): run `make jars`")
     return jars

@@ -16,17 +16,18 @@ def jvm(spark):
     return spark.sparkContext._jvm
 
 
-def hadoop_raw(jvm, spark):
-    """Hadoop's own raw local file system (a child process per chmod and readlink), for comparison."""
-    fs = jvm.org.apache.hadoop.fs.RawLocalFileSystem()
+def _initialized(jvm, spark, fs):
     fs.initialize(jvm.java.net.URI("file:///"), spark.sparkContext._jsc.hadoopConfiguration())
     return fs
+
+
+def hadoop_raw(jvm, spark):
+    """Hadoop's own raw local file system (a child process per chmod and readlink), for comparison."""
+    return _initialized(jvm, spark, jvm.org.apache.hadoop.fs.RawLocalFileSystem())
 
 
 def nio_raw(jvm, spark):
-    fs = jvm.io.marketsignals.hadoop.NioRawLocalFileSystem()
-    fs.initialize(jvm.java.net.URI("file:///"), spark.sparkContext._jsc.hadoopConfiguration())
-    return fs
+    return _initialized(jvm, spark, jvm.io.marketsignals.hadoop.NioRawLocalFileSystem())
 
 
 def children_faults(pid: int) -> int:
