@@ -34,6 +34,8 @@ jars: .jars/.fetched $(LOCALFS_JAR)
 .jars/.fetched: jvm/pom.xml jvm/settings.xml
 	@command -v mvn >/dev/null || { echo "error: mvn not found: apt-get install maven"; exit 1; }
 	@command -v java >/dev/null || { echo "error: java not found: apt-get install openjdk-17-jdk-headless"; exit 1; }
+	@java -XX:TrimNativeHeapInterval=60000 -version >/dev/null 2>&1 || { echo "error: java is older than 17.0.11 \
+	(the local profile's -XX:TrimNativeHeapInterval, conf/local.yaml): update openjdk-17-jdk-headless"; exit 1; }
 	$(MVN) -P connector package
 	$(MVN) -P broker package
 	$(MVN) -P msk-iam package

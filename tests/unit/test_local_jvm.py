@@ -9,22 +9,32 @@ from marketsignals.settings import load_settings
 ORIGINAL_ENV = dict(os.environ)  # at import, before the session fixture starts the JVM
 
 
-def test_c1_only_with_a_code_cache_that_holds_the_job(spark):
+def vm_option(spark, name: str) -> str:
+    """The value of a HotSpot flag in the session's running JVM."""
     jvm = spark.sparkContext._jvm
     bean = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(
         jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean"))
-    assert bean.getVMOption("TieredStopAtLevel").getValue() == "1"
+    return bean.getVMOption(name).getValue()
+
+
+def test_c1_only_with_a_code_cache_that_holds_the_job(spark):
+    assert vm_option(spark, "TieredStopAtLevel") == "1"
     # C1 only defaults to a 48 MB code cache; the job's compiled code needs ~55 MB (README, eighth round)
-    assert int(bean.getVMOption("ReservedCodeCacheSize").getValue()) >= 200 * 2**20
+    assert int(vm_option(spark, "ReservedCodeCacheSize")) >= 200 * 2**20
+
+
+def test_the_jit_warms_up_in_minutes_and_freed_native_memory_goes_back(spark):
+    # at 200 calls C1 compiled code a batch runs once for ~12 minutes; at 20 it is done by minute ~4 (README,
+    # eighteenth round)
+    assert (vm_option(spark, "Tier3InvocationThreshold"), vm_option(spark, "Tier3CompileThreshold")) == ("20", "200")
+    # glibc keeps what the JVM frees unless asked to give it back (malloc_trim)
+    assert vm_option(spark, "TrimNativeHeapInterval") == "60000"
 
 
 def test_the_heap_is_all_committed_and_touched_from_the_start(spark):
-    jvm = spark.sparkContext._jvm
-    bean = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(
-        jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean"))
     # G1 grows a smaller initial heap in steps at unforeseeable times (README, eleventh round)
-    assert bean.getVMOption("InitialHeapSize").getValue() == bean.getVMOption("MaxHeapSize").getValue()
-    assert bean.getVMOption("AlwaysPreTouch").getValue() == "true"
+    assert vm_option(spark, "InitialHeapSize") == vm_option(spark, "MaxHeapSize")
+    assert vm_option(spark, "AlwaysPreTouch") == "true"
 
 
 def test_bounded_runs_flags_give_c2_at_ten_times_its_tier4_thresholds():
@@ -36,6 +46,8 @@ def test_bounded_runs_flags_give_c2_at_ten_times_its_tier4_thresholds():
                          check=True, timeout=60).stdout
     final = {parts[1]: parts[3] for parts in (line.split() for line in out.splitlines()) if len(parts) >= 4}
     assert final["TieredStopAtLevel"] == "4" and final["TieredCompilation"] == "true"
+    # the live profile's CompileThresholdScaling=0.1 would scale the thresholds below too: reset first
+    assert final["CompileThresholdScaling"] == "1.000000" and final["Tier3InvocationThreshold"] == "200"
     assert (final["Tier4InvocationThreshold"], final["Tier4CompileThreshold"]) == ("50000", "150000")
     assert final["Tier4BackEdgeThreshold"] == "400000" and final["Tier4MinInvocationThreshold"] == "6000"
     assert int(final["ReservedCodeCacheSize"]) >= 200 * 2**20 and final["AlwaysPreTouch"] == "true"
