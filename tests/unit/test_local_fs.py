@@ -56,16 +56,18 @@ def test_its_jar_is_on_the_drivers_class_path_or_the_session_says_what_to_run(sp
 
 
 def test_a_jvm_started_without_the_jars_is_told_apart(spark, tmp_path):
-    from marketsignals.session import missing_from_class_path
+    from marketsignals.session import classpath_jars, missing_from_class_path
+    from marketsignals.settings import load_settings
 
     jar = tmp_path / "lib.jar"
     jar.touch()
     # spark-submit starts the JVM before the settings are read: the session then says which jars to pass
     assert missing_from_class_path([str(jar)], os.pathsep.join(["/opt/spark/jars/*", "relative.jar"])) == [str(jar)]
     assert missing_from_class_path([str(jar)], os.pathsep.join(["/opt/spark/jars/*", f"{tmp_path}/./lib.jar"])) == []
+    # the session's own jars, as build_session finds them (an error if there are none), are on the running JVM's
     running = spark.sparkContext._jvm.java.lang.System.getProperty("java.class.path")
-    assert [Path(p).name for p in missing_from_class_path([str(jar), *Path(".jars/local").resolve().glob("*.jar")],
-                                                         running)] == ["lib.jar"]
+    ours = classpath_jars(load_settings("local", env={}).spark.classpath_dir)
+    assert [Path(p).name for p in missing_from_class_path([str(jar), *ours], running)] == ["lib.jar"]
 
 
 def test_files_and_directories_get_the_permissions_hadoop_gives(spark, jvm, tmp_path):
