@@ -76,6 +76,9 @@ def table(results: dict) -> str:
     if soak and (nmt := nmt_slopes(soak)):
         top = list(nmt.items())[:7]
         lines.append("  the JVM by NMT category (MB/min): " + ", ".join(f"{k} {v:+.1f}" for k, v in top))
+    if soak and (state := state_memory(soak)):
+        lines.append(f"  the state store's own count (RocksDB, outside NMT): {state['end_mb']:.1f} MB at the feed's "
+                     f"end, {state['mb_per_min']:+.1f} MB/min over its second half")
     load = results["host"]
     lines.append(f"(load average at start {load['load_avg_start'][0]:.1f}, at end "
                  f"{load.get('load_avg_end', [0])[0]:.1f} on {load['cpus']} CPUs: wall rates drop under contention, "
@@ -129,6 +132,16 @@ def nmt_slopes(run: dict) -> dict[str, float]:
     if outside is not None:
         out["outside NMT"] = outside
     return dict(sorted(out.items(), key=lambda kv: -abs(kv[1])))
+
+
+def state_memory(run: dict) -> dict[str, float]:
+    """The state store's memory as Spark reports it (RocksDB's memtables, block cache and table readers,
+    part of the JVM's memory outside NMT): MB at the feed's end and MB per minute over its second half."""
+    half = _second_half(run, run.get("state_memory_series") or [])
+    slope = _slope(half)
+    if slope is None:
+        return {}
+    return {"end_mb": half[-1][1] / 2**20, "mb_per_min": slope}
 
 
 def chart(results: dict, path: Path) -> Path:

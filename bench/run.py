@@ -60,6 +60,9 @@ def _run(cmd: list[str], timeout: float, interval: float = 1.0, nmt_every: float
         result["nmt_series"] = sampler.nmt_series
     if "feed_monotonic" in result:  # when the feed ran, in the RSS series' seconds
         result["feed_window_s"] = [round(t - sampler.started, 1) for t in result.pop("feed_monotonic")]
+    if "state_memory_monotonic" in result:
+        result["state_memory_series"] = [(round(t - sampler.started, 1), b)
+                                         for t, b in result.pop("state_memory_monotonic")]
     return result
 
 

@@ -126,7 +126,7 @@ def latency(settings: Settings, work: Path, rate: float, seconds: float, records
     deadline = time.monotonic() + 300
     while query.isActive and query.lastProgress is None and time.monotonic() < deadline:
         time.sleep(0.2)  # the first (empty) batch fixes the starting offsets at "latest"
-    feed_from = time.monotonic()
+    feed_from, feed_from_epoch = time.monotonic(), time.time()
     feeder = start_feeder(settings.kafka.bootstrap_servers, Path(records), settings.kafka.tick_topics, rate, seconds)
     fed = wait_feeder(feeder)
     fed_at = time.monotonic()
@@ -157,7 +157,19 @@ def latency(settings: Settings, work: Path, rate: float, seconds: float, records
         "batches": len(busy), **lat,
         # CLOCK_MONOTONIC is system-wide: bench.run turns it into seconds of its RSS series
         "feed_monotonic": [feed_from, fed_at],
+        "state_memory_monotonic": _state_memory(progress, feed_from, feed_from_epoch),
     }
+
+
+def _state_memory(progress: list[dict], mono: float, epoch: float) -> list[tuple[float, int]]:
+    """(CLOCK_MONOTONIC, bytes) of the state store's memory at each batch's end, as Spark reports it
+    (``memoryUsedBytes``: for RocksDB its memtables, block cache and table readers), with ``mono`` and
+    ``epoch`` one instant on both clocks."""
+    out = []
+    for m in progress:
+        stamp = datetime.fromisoformat(m["timestamp"].replace("Z", "+00:00")).timestamp()
+        out.append((round(mono + stamp - epoch + (m.get("batch_duration_ms") or 0) / 1000, 1), m["state_memory_bytes"]))
+    return out
 
 
 def signal_latencies(settings: Settings) -> dict:

@@ -33,4 +33,8 @@ def test_bench_harness_writes_its_json_table_and_chart(kafka_broker, tmp_path, c
     assert runs["e_scale"]["state_symbols"] == 200 and "200 symbols in" in printed  # read back from the checkpoint
     start, end = runs["d_latency_300"]["feed_window_s"]  # the soak's memory slope is taken inside it
     assert 0 < start < end
+    # RocksDB's own count at each batch's end, on the same clock: the feed starts once the first batch is done
+    state = runs["d_latency_300"]["state_memory_series"]
+    assert 0 < state[0][0] <= start + 0.5 and all(t < end + 180 for t, _ in state), (start, end, state)
+    assert any(t > start and b > 0 for t, b in state), state
     assert list(tmp_path.glob("*.png"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from conftest import ROOT
@@ -118,3 +120,25 @@ def test_nmt_slopes_split_the_jvm_growth_by_category_and_outside_nmt(report):
     assert slopes["Java Heap"] == pytest.approx(0.0, abs=1e-6)
     assert list(slopes)[-1] == "Java Heap"  # the biggest movers first
     assert report.nmt_slopes({"rss_series": []}) == {}
+
+
+def test_the_state_stores_memory_is_read_over_the_feeds_second_half(report):
+    # a RocksDB block cache filling for the first half of the feed (+1 MB/min), then full: flat where it counts
+    series = [(float(t), int((4 + min(t - 60, 300) / 60) * MB)) for t in range(60, 661, 1)]
+    state = report.state_memory({"state_memory_series": series, "feed_window_s": [60.0, 660.0]})
+    assert state["end_mb"] == pytest.approx(9.0)
+    assert state["mb_per_min"] == pytest.approx(0.0, abs=1e-6)
+    still_filling = [(t, int((4 + (t - 60) / 60) * MB)) for t, _ in series]
+    assert report.state_memory({"state_memory_series": still_filling,
+                                "feed_window_s": [60.0, 660.0]})["mb_per_min"] == pytest.approx(1.0)
+    assert report.state_memory({"rss_series": []}) == {}
+
+
+def test_the_state_stores_memory_is_stamped_at_each_batchs_end_on_the_monotonic_clock(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.spark_runs import _state_memory
+
+    progress = [{"timestamp": "2026-12-02T04:00:00.000Z", "batch_duration_ms": 1500, "state_memory_bytes": 7},
+                {"timestamp": "2026-12-02T04:00:02.000Z", "batch_duration_ms": None, "state_memory_bytes": 9}]
+    epoch = datetime(2026, 12, 2, 3, 59, 50, tzinfo=UTC).timestamp()  # the same instant as monotonic 100.0
+    assert _state_memory(progress, 100.0, epoch) == [(111.5, 7), (112.0, 9)]
