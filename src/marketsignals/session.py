@@ -97,7 +97,7 @@ def build_session(spark: SparkSettings, extra_conf: dict[str, str] | None = None
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         # The JVM that PySpark starts here inherits this: with glibc's default (8 malloc arenas per
         # core) the JVM's memory outside its own accounting (NMT) grew 28 MB over the second half of a
-        # 10-minute soak, with 2 arenas 6 MB (README, Performance, fifteenth round). YARN sets its own.
+        # 10-minute soak, with 2 arenas 6 MB (bench/ROUNDS.md, fifteenth round). YARN sets its own.
         os.environ.setdefault("MALLOC_ARENA_MAX", LOCAL_MALLOC_ARENA_MAX)
     conf = {"spark.jars": ",".join(local_jars(spark.jars_dir))} if spark.jars_dir else {}
     conf.update(session_conf(spark, extra_conf, bounded))

@@ -89,12 +89,12 @@ class KafkaSettings(_Section):
     # Producer-only options of the Spark Kafka sink (signals, dead letters), on top of ``options``.
     # kafka-clients 3.9 sends as soon as it can (linger.ms 0) in 16 KiB batches: 54,000 ready signal
     # records took 0.8-1.3 s to produce here, 0.4-0.55 s with these; a 200,000-tick batch's writes
-    # took 40 % less time (README, Performance, twelfth round).
+    # took 40 % less time (bench/ROUNDS.md, twelfth round).
     producer_options: dict[str, str] = Field(default_factory=lambda: dict(SINK_PRODUCER_DEFAULTS))
     # Consumer-only options of the Spark Kafka source, on top of ``options``. A source task that reads
     # a partition up to its end, with nothing new arriving, waited for the broker's long poll: the
     # consumer's fetch.max.wait.ms, 500 ms by default, per task (the last batch after a feed stopped:
-    # nine tasks of ~540 ms instead of 50-100 ms; README, Performance, fourteenth round).
+    # nine tasks of ~540 ms instead of 50-100 ms; bench/ROUNDS.md, fourteenth round).
     consumer_options: dict[str, str] = Field(default_factory=lambda: dict(SOURCE_CONSUMER_DEFAULTS))
 
     @field_validator("producer_options", "consumer_options", mode="before")
@@ -188,7 +188,7 @@ class StreamSettings(_Section):
     # Delta table properties the audit table gets when the sink's first write creates it (an existing
     # table keeps its own: ALTER TABLE ... SET TBLPROPERTIES changes them). Delta's defaults collect
     # min/max stats on 32 columns and checkpoint every 10 commits; on 5,000-tick batches that made the
-    # audit write the longest part of the batch (README, Performance).
+    # audit write the longest part of the batch (bench/ROUNDS.md).
     audit_table_properties: dict[str, str] = Field(default_factory=lambda: dict(AUDIT_TABLE_PROPERTIES))
 
     @field_validator("audit_table_properties", mode="before")
@@ -288,7 +288,7 @@ class SparkSettings(_Section):
     # JVM flags appended to spark.driver.extraJavaOptions for a run that reads a bounded input in big
     # batches: a stream with trigger availableNow or once, the backtest (the JVM takes the last of a
     # repeated flag). The local profile gives those runs C2; flags only act where the session starts the
-    # JVM, i.e. not under spark-submit (README, Performance, thirteenth round).
+    # JVM, i.e. not under spark-submit (bench/ROUNDS.md, thirteenth round).
     bounded_java_options: str = ""
 
 

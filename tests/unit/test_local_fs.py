@@ -1,5 +1,5 @@
 """The local profile's Hadoop file system for file: paths (jvm/localfs, conf/local.yaml): Hadoop's own,
-with java.nio where Hadoop without its native library starts a child process (README, Performance,
+with java.nio where Hadoop without its native library starts a child process (bench/ROUNDS.md,
 seventeenth round). The same permissions and link answers as Hadoop's, and no child process."""
 
 import os

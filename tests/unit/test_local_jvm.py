@@ -1,5 +1,6 @@
 """The local profile's JVM flags (conf/local.yaml, spark.driver.extraJavaOptions), on the running JVM; a
-bounded run's (those, then spark.bounded_java_options) on a JVM of their own."""
+bounded run's (those, then spark.bounded_java_options) on a JVM of their own; the state store's RocksDB
+memory, as Spark reads it."""
 
 import os
 import subprocess
@@ -19,20 +20,20 @@ def vm_option(spark, name: str) -> str:
 
 def test_c1_only_with_a_code_cache_that_holds_the_job(spark):
     assert vm_option(spark, "TieredStopAtLevel") == "1"
-    # C1 only defaults to a 48 MB code cache; the job's compiled code needs ~55 MB (README, eighth round)
+    # C1 only defaults to a 48 MB code cache; the job's compiled code needs ~55 MB (bench/ROUNDS.md, eighth round)
     assert int(vm_option(spark, "ReservedCodeCacheSize")) >= 200 * 2**20
 
 
 def test_the_jit_warms_up_in_minutes_and_freed_native_memory_goes_back(spark):
-    # at 200 calls C1 compiled code a batch runs once for ~12 minutes; at 20 it is done by minute ~4 (README,
-    # eighteenth round)
+    # at 200 calls C1 compiled code a batch runs once for ~12 minutes; at 20 it is done by minute ~4
+    # (bench/ROUNDS.md, eighteenth round)
     assert (vm_option(spark, "Tier3InvocationThreshold"), vm_option(spark, "Tier3CompileThreshold")) == ("20", "200")
     # glibc keeps what the JVM frees unless asked to give it back (malloc_trim)
     assert vm_option(spark, "TrimNativeHeapInterval") == "60000"
 
 
 def test_the_heap_is_all_committed_and_touched_from_the_start(spark):
-    # G1 grows a smaller initial heap in steps at unforeseeable times (README, eleventh round)
+    # G1 grows a smaller initial heap in steps at unforeseeable times (bench/ROUNDS.md, eleventh round)
     assert vm_option(spark, "InitialHeapSize") == vm_option(spark, "MaxHeapSize")
     assert vm_option(spark, "AlwaysPreTouch") == "true"
 
@@ -56,7 +57,7 @@ def test_bounded_runs_flags_give_c2_at_ten_times_its_tier4_thresholds():
 def test_the_local_jvm_runs_with_few_malloc_arenas(spark):
     from marketsignals.session import LOCAL_MALLOC_ARENA_MAX
 
-    # set before the JVM started unless the environment already chose (README, fifteenth round)
+    # set before the JVM started unless the environment already chose (bench/ROUNDS.md, fifteenth round)
     chosen = os.environ.get("MALLOC_ARENA_MAX")
     assert chosen is not None
     assert spark.sparkContext._jvm.java.lang.System.getenv("MALLOC_ARENA_MAX") == chosen
@@ -66,7 +67,7 @@ def test_the_local_jvm_runs_with_few_malloc_arenas(spark):
 
 def test_system_gc_is_a_concurrent_cycle_run_every_minute(spark):
     # each batch's watermark predicate is a class of its own; only a concurrent mark (or a full GC)
-    # unloads them, and Spark's ContextCleaner asks for one every periodicGC.interval (README, sixteenth round)
+    # unloads them, and Spark's ContextCleaner asks for one every periodicGC.interval (bench/ROUNDS.md, sixteenth round)
     assert spark.sparkContext.getConf().get("spark.cleaner.periodicGC.interval") == "1min"
     jvm = spark.sparkContext._jvm
     full = next(bean for bean in jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
@@ -74,3 +75,12 @@ def test_system_gc_is_a_concurrent_cycle_run_every_minute(spark):
     before = full.getCollectionCount()
     jvm.java.lang.System.gc()
     assert full.getCollectionCount() == before  # a full GC would stop the whole JVM, tasks included
+
+
+def test_the_state_stores_rocksdb_block_cache_is_one_megabyte(spark):
+    # 8 MB by default per state store, filled over ~15 minutes by blocks of files compactions replaced: the
+    # JVM's native growth after its JIT's (bench/ROUNDS.md, nineteenth round). Read as Spark's state store
+    # reads the session's conf, so a misspelt key fails here too.
+    state = spark.sparkContext._jvm.org.apache.spark.sql.execution.streaming.state
+    store_conf = state.StateStoreConf.apply(spark._jsparkSession.sessionState().conf())
+    assert state.RocksDBConf.apply(store_conf).blockCacheSizeMB() == 1

@@ -65,7 +65,7 @@ def batch_now_ms() -> Column:
     literal, so the validation's projection (~45 KB of source) was a new class in every batch:
     compiled again, and run by the JIT from the interpreter up again. ``reflect`` has no generated
     code of its own (Spark evaluates it through the expression object), so the time reaches the
-    code by reference and the class is compiled once per query (README, Performance, seventh round).
+    code by reference and the class is compiled once per query (bench/ROUNDS.md, seventh round).
     """
     now = F.unix_millis(F.current_timestamp())
     return F.call_function("reflect", F.lit("java.lang.Long"), F.lit("valueOf"), now).cast("long")

@@ -10,7 +10,7 @@ metrics) ends in a Java exception, which is how Py4J's iterators stop, and PySpa
 exception with class lookups that search the whole classpath: ~340 ms per micro-batch here (60 ms of
 it Python CPU in the driver, most of the rest the listener thread's JVM), against ~2 ms for the progress's
 JSON text. So :class:`MetricsListener` registers :class:`ProgressAsJson` as its Py4J listener, which
-hands it that text (README, Performance, eighth round).
+hands it that text (bench/ROUNDS.md, eighth round).
 """
 
 from __future__ import annotations

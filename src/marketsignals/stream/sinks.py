@@ -8,7 +8,7 @@ ids only grow, so the sink checks once per run, at its first audit write: it ski
 already holds, by the newest commit of this query in the table's history, and by Delta's own
 ``txnAppId``/``txnVersion``, which that write also passes (tables written by earlier versions hold
 only those). Delta checks ``txnVersion`` by rebuilding the table's state, three Spark jobs and ~0.4 s on
-every batch (README, Performance): once per run is enough. Kafka delivery is at-least-once (Spark 4.0
+every batch (bench/ROUNDS.md): once per run is enough. Kafka delivery is at-least-once (Spark 4.0
 has no transactional Kafka sink); consumers deduplicate on signal_id.
 """
 
@@ -56,7 +56,7 @@ class RecordColumns:
     PySpark 4.0 records the Python call site of every ``functions``/``Column`` call it makes (five
     Py4J round trips around each: the active session, a class lookup, a conf read, set and clear),
     so building the counts, records and Kafka rows anew each batch was most of the driver's ~2,300
-    Py4J calls and ~0.35 s of its Python CPU per batch (README, Performance, ninth round). Column
+    Py4J calls and ~0.35 s of its Python CPU per batch (bench/ROUNDS.md, ninth round). Column
     expressions belong to no DataFrame or batch: only the processing-time literal is new per batch.
     """
 
@@ -112,7 +112,7 @@ class RecordColumns:
     def observed(self, out: DataFrame) -> DataFrame:
         """``out`` with its :meth:`batch_counts` observed (``Dataset.observe``) by whatever job runs
         it -- the one that materialises the batch -- rather than computed by a job of their own: that
-        job, its planning and its result cost 35-130 ms a micro-batch (README, Performance, eleventh
+        job, its planning and its result cost 35-130 ms a micro-batch (bench/ROUNDS.md, eleventh
         round). Read them with :meth:`observed_counts` once that job returned."""
         return out.observe(COUNTS_METRIC, *self.counts)
 
@@ -143,7 +143,7 @@ def write_tasks(rows: int) -> int:
     hundred rows do not pay for a task per shuffle partition, and the audit table gets one file per
     event date per batch), and one more per ``ROWS_PER_WRITE_TASK`` rows, so that a catch-up batch
     (2,000,000 ticks in the EMR profile, ~540,000 signals) is not written by one task while the
-    cluster waits: one task writes ~20,000 signals a second to Kafka here (README, Performance)."""
+    cluster waits: one task writes ~20,000 signals a second to Kafka here (bench/ROUNDS.md)."""
     return max(1, -(-rows // ROWS_PER_WRITE_TASK))
 
 
@@ -333,7 +333,7 @@ def materialised(out: DataFrame) -> DataFrame:
     """The batch's rows computed once and kept (memory, then disk) as a DataFrame whose plan is just
     those rows. With ``persist()`` every DataFrame the sink derives (counts, signals, dead letters,
     the Kafka and Delta writes) was analysed over the whole micro-batch plan again and matched to the
-    cache: on small batches that driver work was much of the batch's fixed cost (README, Performance)."""
+    cache: on small batches that driver work was much of the batch's fixed cost (bench/ROUNDS.md)."""
     return out.localCheckpoint(eager=True)
 
 

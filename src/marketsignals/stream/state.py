@@ -46,7 +46,7 @@ def bucket_of(symbol: Column, buckets: int) -> Column:
 # output is OUTPUT_SCHEMA's columns. (For a while both were JSON text, one per tick and one per output
 # row: with the symbol as the key, Spark's Arrow-to-pandas work per column and group was most of the
 # Python workers' time at 10,000 symbols. A batch now has at most stream.state_buckets groups, and the
-# JVM's to_json and from_json on both sides of Python cost more than the columns; README, Performance.)
+# JVM's to_json and from_json on both sides of Python cost more than the columns; bench/ROUNDS.md, sixth round.)
 TICK_COLUMNS: tuple[str, ...] = (SYMBOL, *kernel.TICK_DTYPES, EXCHANGE, TOPIC, REASON, RAW)
 
 
