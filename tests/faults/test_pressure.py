@@ -117,9 +117,9 @@ def _run_pressure(spark, kafka_broker, tmp_path, symbols: int, steady: int, max_
     try:
         for name, messages in (("A", phase_a), ("B", phase_b), ("C", phase_c)):
             before = len(progress_lines(read_metrics(settings.stream.metrics_path)))
-            # The burst lands at once: nothing leaves the producer before flush, and flush sends one batch per
-            # partition in one request, so the job's next plan sees all of it (a dribbling burst can be read as
-            # it arrives and never show as lag).
+            # The burst lands at once: nothing leaves the producer before flush, and flush sends its batches
+            # together (one per partition here; the soak's larger burst fills several), so the job's next plan
+            # sees all of it (a dribbling burst can be read as it arrives and never show as lag).
             at_once = {"linger_ms": 60_000} if name == "C" else {}
             produced += len(produce_recorded(settings.kafka, messages, **at_once))
             target = produced
