@@ -12,10 +12,10 @@ import json
 import shutil
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from statistics import median
 
+from marketsignals.feed import parse_iso_ms
 from marketsignals.schema import RAW_TICK_SCHEMA
 from marketsignals.settings import Settings
 from marketsignals.stream.metrics import MetricsListener
@@ -167,8 +167,8 @@ def _state_memory(progress: list[dict], mono: float, epoch: float) -> list[tuple
     ``epoch`` one instant on both clocks."""
     out = []
     for m in progress:
-        stamp = datetime.fromisoformat(m["timestamp"].replace("Z", "+00:00")).timestamp()
-        out.append((round(mono + stamp - epoch + (m.get("batch_duration_ms") or 0) / 1000, 1), m["state_memory_bytes"]))
+        end_s = (parse_iso_ms(m["timestamp"]) + (m.get("batch_duration_ms") or 0)) / 1000
+        out.append((round(mono + end_s - epoch, 1), m["state_memory_bytes"]))
     return out
 
 
@@ -184,7 +184,7 @@ def signal_latencies(settings: Settings) -> dict:
     try:
         for msg in consumer:
             event = json.loads(msg.value)["event_time"]
-            event_ms = datetime.fromisoformat(event.replace("Z", "+00:00")).timestamp() * 1000
+            event_ms = parse_iso_ms(event)
             lat.append(msg.timestamp - event_ms)
             events.append(event_ms)
     finally:

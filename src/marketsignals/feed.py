@@ -239,13 +239,14 @@ def _corrupt(tick: dict, kind: str, rng: np.random.Generator) -> bytes:
         tick["price"] = -abs(tick["price"]) if rng.random() < 0.5 else 0.0
     elif kind == "future_timestamp":
         ts = tick["timestamp"]
-        ts_ms = ts if isinstance(ts, int) else _parse_iso_ms(ts)
+        ts_ms = ts if isinstance(ts, int) else parse_iso_ms(ts)
         tick["timestamp"] = ts_ms + FUTURE_OFFSET_MS if isinstance(ts, int) else iso_ms(ts_ms + FUTURE_OFFSET_MS)
     # "late" ticks are well-formed: only their timestamp (set by the caller) is behind.
     return _encode(tick)
 
 
-def _parse_iso_ms(text: str) -> int:
+def parse_iso_ms(text: str) -> int:
+    """Epoch milliseconds of an ISO-8601 timestamp (``Z`` or an offset); the inverse of :func:`iso_ms`."""
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
@@ -333,7 +334,7 @@ def run_to_parquet(messages: Iterator[Message], out_dir: str | Path, progress: b
             continue
         tick = json.loads(msg.value)
         ts = tick.get("timestamp")
-        ts_ms = ts if isinstance(ts, int) else (_parse_iso_ms(ts) if ts is not None else None)
+        ts_ms = ts if isinstance(ts, int) else (parse_iso_ms(ts) if ts is not None else None)
         columns["symbol"].append(tick.get("symbol"))
         columns["timestamp"].append(ts_ms)
         for name in ("price", "volume", "bid", "ask", "exchange", "currency"):

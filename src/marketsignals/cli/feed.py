@@ -51,7 +51,7 @@ def options_from_args(args: argparse.Namespace, settings: Settings) -> feed.Feed
     symbols = (feed.symbol_names(int(args.symbols)) if args.symbols.isdigit()
                else tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip()))
     topics = tuple(args.topics.split(",")) if args.topics else tuple(settings.kafka.topics)
-    start_ms = feed._parse_iso_ms(args.start) if args.start else None
+    start_ms = feed.parse_iso_ms(args.start) if args.start else None
     return feed.FeedOptions(symbols=symbols, rate=args.rate, count=args.count, duration_s=args.duration,
                             topics=topics, seed=args.seed, start_ms=start_ms, bad=parse_bad(args.bad))
 
