@@ -159,8 +159,10 @@ class StrategySettings(_Section):
 
 
 # Stats (data skipping) on the audit table's first two columns, signal_id and symbol (event_date is
-# its partition), and a checkpoint every 100 commits: a reader replays at most 99 small JSON commits.
-AUDIT_TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "2", "delta.checkpointInterval": "100"}
+# its partition), and Delta's own checkpoint (written by the commit that reaches the interval, in the
+# batch's path) only once in a million commits: the sink writes one every
+# stream.audit_checkpoint_interval commits on a thread of its own (stream/sinks.py, AuditCheckpoints).
+AUDIT_TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "2", "delta.checkpointInterval": "1000000"}
 
 
 # Triggers under which a query reads what is there and stops (the others: processingTime=<duration>).
@@ -190,6 +192,10 @@ class StreamSettings(_Section):
     # min/max stats on 32 columns and checkpoint every 10 commits; on 5,000-tick batches that made the
     # audit write the longest part of the batch (bench/ROUNDS.md).
     audit_table_properties: dict[str, str] = Field(default_factory=lambda: dict(AUDIT_TABLE_PROPERTIES))
+    # The sink writes the audit table's Delta checkpoint every this many of its commits, off the batch's
+    # path (a reader replays at most this many small JSON commits); 0: none (Delta's own, per the
+    # table's delta.checkpointInterval). A table whose own interval is at most this keeps Delta's.
+    audit_checkpoint_interval: int = Field(100, ge=0)
 
     @field_validator("audit_table_properties", mode="before")
     @classmethod

@@ -96,6 +96,14 @@ def test_audit_table_properties_default_to_the_profile_and_take_dotted_keys(tmp_
     assert s.stream.audit_table_properties == {"delta.checkpointInterval": "50", "delta.appendOnly": "true"}
 
 
+@pytest.mark.parametrize("profile", ["local", "emr"])
+def test_the_profiles_leave_the_audit_tables_checkpoints_to_the_sink(profile):
+    # Delta's own checkpoint (in the commit, in the batch's path) far out; the sink's every 100 commits
+    s = load_settings(profile, [], env={})
+    assert int(s.stream.audit_table_properties["delta.checkpointInterval"]) == 1_000_000
+    assert s.stream.audit_checkpoint_interval == 100
+
+
 def test_an_audit_table_property_outside_delta_is_refused():
     with pytest.raises(SettingsError, match=r"stream\.audit_table_properties.*delta\.<name>.*'checkpointInterval'"):
         load_settings("local", ["stream.audit_table_properties.checkpointInterval=10"], env={})
@@ -108,6 +116,7 @@ def test_an_audit_table_property_outside_delta_is_refused():
     ("stream.trigger=continuous", ["stream.trigger", "availableNow"]),
     ("broker.port=70000", ["broker.port"]),
     ("stream.state_buckets=0", ["stream.state_buckets", "greater than or equal to 1"]),
+    ("stream.audit_checkpoint_interval=-1", ["stream.audit_checkpoint_interval", "greater than or equal to 0"]),
     ("strategy.no_such_key=1", ["strategy.no_such_key"]),
 ])
 def test_a_bad_value_names_the_key_and_the_expected_form(override, names):

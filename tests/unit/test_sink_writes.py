@@ -1,5 +1,6 @@
 """The sink's concurrent writes and its materialised batch, on a local SparkSession (no Kafka)."""
 
+import json
 import threading
 
 import pytest
@@ -100,3 +101,57 @@ def test_other_errors_of_the_sink_are_raised_as_they_are():
                                    "TimeoutException: Topic signals not present in metadata", "run-7") is None
     assert sinks.stop_cancellation("Job 3 cancelled because of another query's group run-8", "run-7") is None
     assert sinks.stop_cancellation(INTERRUPTED, None) is None  # no streaming query's batch
+
+
+@pytest.mark.parametrize(("version", "every", "table_every", "last_block", "due"), [
+    (99, 100, 1_000_000, 0, False),      # within the block of the last one
+    (100, 100, 1_000_000, 0, True),      # the next block
+    (101, 100, 1_000_000, 0, True),      # 100 was skipped (one still ran): caught up at the next commit
+    (199, 100, 1_000_000, 1, False),
+    (200, 100, 1_000_000, 1, True),
+    (2_000_000, 100, 1_000_000, 19_999, False),  # Delta's commit hook checkpoints this one itself
+    (200, 100, 100, 1, False),           # the table checkpoints itself as often: Delta's hook only
+    (200, 100, 50, 1, False),            # ... or more often
+    (200, 100, 150, 1, True),            # less often: both, at different versions
+    (200, 0, 1_000_000, 1, False),       # off
+    (0, 1, 1_000_000, -1, False),        # a new table has nothing to checkpoint
+])
+def test_when_the_sink_checkpoints_the_audit_table(version, every, table_every, last_block, due):
+    assert sinks.checkpoint_due(version, every, table_every, last_block) is due
+
+
+def _checkpoints_in(table) -> list[int]:
+    return sorted(int(p.name.split(".")[0]) for p in (table / "_delta_log").glob("*.checkpoint.parquet"))
+
+
+def test_the_audit_table_is_checkpointed_off_the_commit_every_n_commits(spark, tmp_path):
+    table = tmp_path / "audit"
+    checkpoints = sinks.AuditCheckpoints(str(table), every=3)
+    rows = spark.range(5).selectExpr("id", "id % 2 AS day")
+    for _ in range(8):  # versions 0..7: Delta's own hook would write none (interval 1,000,000)
+        (rows.write.format("delta").mode("append").partitionBy("day")
+         .option("delta.checkpointInterval", "1000000").save(str(table)))
+        checkpoints.committed(spark)
+        assert checkpoints.wait(timeout=60)  # one at a time here, so each lands at its commit's version
+    assert _checkpoints_in(table) == [3, 6]
+    outcome = checkpoints.finished()
+    assert outcome.keys() == {"version", "ms"} and outcome["version"] == 6, outcome  # no "error"
+    assert checkpoints.finished() is None  # reported once
+    # a reader starts from the newest checkpoint: the table reads whole
+    assert json.loads((table / "_delta_log" / "_last_checkpoint").read_text())["version"] == 6
+    assert spark.read.format("delta").load(str(table)).count() == 40
+    # one Delta did not write (it logs why and returns) is reported, not taken for written
+    delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, str(table))
+    checkpoints._checkpoint(spark, delta_log, version=99)
+    assert "Delta wrote none (its newest is at version 7" in checkpoints.finished()["error"]
+
+
+def test_a_table_that_checkpoints_itself_as_often_gets_no_checkpoint_from_the_sink(spark, tmp_path):
+    table = tmp_path / "audit"
+    checkpoints = sinks.AuditCheckpoints(str(table), every=3)
+    for _ in range(7):  # versions 0..6; the table's own interval: 2
+        spark.range(3).write.format("delta").mode("append").option("delta.checkpointInterval", "2").save(str(table))
+        checkpoints.committed(spark)
+        assert checkpoints.wait(timeout=60)
+    assert _checkpoints_in(table) == [2, 4, 6]  # Delta's, in the commits
+    assert checkpoints.finished() is None

@@ -106,15 +106,19 @@ def signal_stream(raw: DataFrame, settings: Settings) -> DataFrame:
     )
 
 
-def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListener | None = None) -> StreamingQuery:
-    """Start the query; returns at once. The caller awaits or stops it."""
+def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListener | None = None,
+                 sink: SignalSink | None = None) -> StreamingQuery:
+    """Start the query; returns at once. The caller awaits or stops it (and then closes ``sink``, if
+    it gave one: see :meth:`SignalSink.close`)."""
     buckets = checkpoint.state_buckets(spark, settings.stream.checkpoint, settings.stream.state_buckets)
     if buckets != settings.stream.state_buckets:  # fixed per checkpoint (marketsignals.stream.checkpoint)
         settings = settings.with_overrides([f"stream.state_buckets={buckets}"])
     s = settings.stream
     listener = listener or MetricsListener(s.metrics_path)
     spark.streams.addListener(listener)
-    sink = SignalSink(settings, on_counts=listener.record_counts)
+    if sink is None:
+        sink = SignalSink(settings)
+    sink.on_counts = listener.record_counts
     writer = (signal_stream(read_ticks(spark, settings.kafka), settings).writeStream
               .queryName(s.query_name).option("checkpointLocation", s.checkpoint).foreachBatch(sink))
     if s.trigger == "availableNow":
@@ -127,13 +131,15 @@ def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListe
 
 
 STOP_POLL_S = 0.2  # how soon after SIGTERM / Ctrl-C the query's stop starts, at the latest
+CHECKPOINT_WAIT_S = 60  # how long a stop waits for the audit table's checkpoint in flight
 
 
 def run(spark: SparkSession, settings: Settings) -> int:
     """Start the query and wait; SIGTERM or Ctrl-C stops it cleanly (the batch in flight finishes
     or is replayed from the checkpoint next time)."""
     listener = MetricsListener(settings.stream.metrics_path)
-    query = start_stream(spark, settings, listener=listener)
+    sink = SignalSink(settings)
+    query = start_stream(spark, settings, listener=listener, sink=sink)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -151,6 +157,9 @@ def run(spark: SparkSession, settings: Settings) -> int:
             query.stop()
         listener.terminated.wait(timeout=10)
         spark.streams.removeListener(listener)
+        if not sink.close(timeout=CHECKPOINT_WAIT_S):
+            print("marketsignals: the audit table's checkpoint did not finish in time; the next one comes later",
+                  flush=True)
     exc = query.exception()
     if exc is not None:
         text = (getattr(exc, "desc", None) or str(exc)).strip()

@@ -10,6 +10,10 @@ already holds, by the newest commit of this query in the table's history, and by
 only those). Delta checks ``txnVersion`` by rebuilding the table's state, three Spark jobs and ~0.4 s on
 every batch (bench/ROUNDS.md): once per run is enough. Kafka delivery is at-least-once (Spark 4.0
 has no transactional Kafka sink); consumers deduplicate on signal_id.
+
+The audit table's Delta checkpoint (its log's state in one Parquet file, so readers do not replay
+every JSON commit) is written by :class:`AuditCheckpoints` on a thread of its own, not by Delta's
+commit hook in the batch's path (see there).
 """
 
 from __future__ import annotations
@@ -174,6 +178,16 @@ class SignalSink:
     _audited_through: int | None = field(default=None, init=False)  # this query's newest batch in the table
     _audit_checked: bool = field(default=False, init=False)  # Delta's txnVersion check done this run
     _record_columns: RecordColumns | None = field(default=None, init=False)
+    checkpoints: AuditCheckpoints = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.checkpoints = AuditCheckpoints(self.settings.stream.audit_table,
+                                            self.settings.stream.audit_checkpoint_interval)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Wait for the audit table's checkpoint in flight, if any (call it once the query stopped);
+        False if it was still running after ``timeout`` seconds."""
+        return self.checkpoints.wait(timeout)
 
     def __call__(self, out: DataFrame, batch_id: int) -> None:
         try:
@@ -224,7 +238,11 @@ class SignalSink:
                 writes["audit"] = functools.partial(audit.save, self.settings.stream.audit_table)
             phase_ms.update(run_together(writes))
             lap("write")
-            self.on_counts(batch_id, {**counts, "sink_ms": phase_ms})
+            if "audit" in writes:
+                self.checkpoints.committed(out.sparkSession)
+            checkpointed = self.checkpoints.finished()
+            self.on_counts(batch_id, {**counts, "sink_ms": phase_ms,
+                                      **({"audit_checkpoint": checkpointed} if checkpointed else {})})
         finally:
             release(out)
 
@@ -247,6 +265,102 @@ class SignalSink:
             if self._app_id is None:
                 self._app_id = _query_id(out, self.settings.stream.checkpoint)
             return self._app_id
+
+
+AUDIT_CHECKPOINT_JOB_GROUP = "marketsignals-audit-checkpoint"
+
+
+def checkpoint_due(version: int, every: int, table_every: int, last_block: int) -> bool:
+    """Whether the sink checkpoints the audit table after committing ``version``: once per ``every``
+    commits (``version // every`` passed ``last_block``, the block of the last one it started; so a
+    version skipped while a checkpoint ran is caught up at the next commit), never at a version
+    Delta's commit hook checkpoints itself (``table_every``, the table's ``delta.checkpointInterval``),
+    and not at all when that hook already checkpoints at least as often."""
+    if every <= 0 or table_every <= every or version <= 0:
+        return False
+    return version // every > last_block and version % table_every != 0
+
+
+class AuditCheckpoints:
+    """The audit table's Delta checkpoints, written on a thread of their own.
+
+    Delta 4.0 writes a table's checkpoint in the commit that reaches its ``delta.checkpointInterval``
+    (a post-commit hook; it has no asynchronous one): state reconstruction and a Parquet write, 1.9-4.2
+    s of that batch's audit write in a soak here, and the batches behind it wait -- it set the p99 of a
+    steady stream (bench/ROUNDS.md, twentieth round). The audit table is created with a
+    ``delta.checkpointInterval`` Delta reaches only once in a million commits (settings:
+    ``AUDIT_TABLE_PROPERTIES``), and this writes one every ``stream.audit_checkpoint_interval``
+    commits from a daemon thread, while the next batches run: Delta writes a checkpoint of a committed
+    version while later commits land, as its readers expect. A table whose own interval is at most that
+    (one created before, or configured so) keeps Delta's hook and gets none from here; 0 turns this off.
+
+    A checkpoint is an optimisation, never part of the guarantees: one that fails (Delta logs why) or
+    is cut by the job's end leaves the table as readable as before, and the next one comes ``every``
+    commits later. It runs in its own Spark job group, so stopping the query does not cancel it.
+    """
+
+    def __init__(self, table: str, every: int) -> None:
+        self.table = table
+        self.every = every
+        self._thread: threading.Thread | None = None
+        self._last_block: int | None = None  # version // every of the last checkpoint started this run
+        self._finished: dict | None = None  # the last checkpoint's outcome, for the next metrics line
+        self._lock = threading.Lock()
+
+    def committed(self, spark: SparkSession) -> None:
+        """After a sink's commit to the table: start a checkpoint if one is due and none is running."""
+        if self.every <= 0 or (self._thread is not None and self._thread.is_alive()):
+            return
+        try:
+            delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, self.table)
+            snapshot = delta_log.unsafeVolatileSnapshot()  # the writer's own (cached) log: no listing
+            version = snapshot.version()
+            table_every = delta_log.checkpointInterval(snapshot.metadata())
+        except Exception as exc:  # an internal API: the table stays readable, Delta's hook stays
+            _log.warning("the audit table's version is not readable (%s): this run writes none of its checkpoints "
+                         "(to let Delta's commits write them, set its delta.checkpointInterval with ALTER TABLE ... "
+                         "SET TBLPROPERTIES and stream.audit_checkpoint_interval=0)", exc)
+            self.every = 0
+            return
+        if self._last_block is None:  # the run's first commit: the next checkpoint at the next block
+            self._last_block = version // self.every
+            return
+        if not checkpoint_due(version, self.every, table_every, self._last_block):
+            return
+        self._last_block = version // self.every
+        self._thread = threading.Thread(target=self._checkpoint, args=(spark, delta_log, version),
+                                        name="marketsignals-audit-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _checkpoint(self, spark: SparkSession, delta_log, version: int) -> None:
+        started = time.monotonic()
+        outcome: dict = {"version": version}
+        try:
+            spark.sparkContext.setJobGroup(AUDIT_CHECKPOINT_JOB_GROUP, "the audit table's Delta checkpoint")
+            delta_log.checkpoint()  # its newest snapshot; Delta logs its own failures and returns
+            written = json.loads(read_text(spark, self.table, "_delta_log/_last_checkpoint"))["version"]
+            if written < version:
+                outcome["error"] = f"Delta wrote none (its newest is at version {written}; the driver log says why)"
+        except Exception as exc:  # py4j or the JVM going away: report it, never fail the stream
+            outcome["error"] = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        if "error" in outcome:
+            _log.warning("the audit table's checkpoint after version %d failed: %s", version, outcome["error"])
+        outcome["ms"] = round((time.monotonic() - started) * 1000)
+        with self._lock:
+            self._finished = outcome
+
+    def finished(self) -> dict | None:
+        """The outcome of the checkpoint that finished since the last call ({version, ms[, error]})."""
+        with self._lock:
+            outcome, self._finished = self._finished, None
+        return outcome
+
+    def wait(self, timeout: float | None = None) -> bool:
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
 
 
 JOB_GROUP = "spark.jobGroup.id"  # the streaming query's run id while a batch runs: stop() cancels this group
