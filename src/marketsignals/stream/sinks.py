@@ -288,7 +288,7 @@ class AuditCheckpoints:
     (a post-commit hook; it has no asynchronous one): state reconstruction and a Parquet write, 1.6-4.2
     s of that batch's audit write in soaks here, while the ticks behind it wait. Off the batch's path a
     checkpoint takes 2-3.6 s of a thread and slows the few batches beside it by 0.1-0.6 s: in ten-minute
-    soaks the slowest batch after the first minute went from 2.1-2.7 s to 1.3-1.4 s (bench/ROUNDS.md,
+    soaks the slowest batch after the first two went from 2.1-2.7 s to 1.3-1.4 s (bench/ROUNDS.md,
     twentieth round). The audit table is created with a
     ``delta.checkpointInterval`` Delta reaches only once in a million commits (settings:
     ``AUDIT_TABLE_PROPERTIES``), and this writes one every ``stream.audit_checkpoint_interval``
