@@ -112,6 +112,7 @@ def test_other_errors_of_the_sink_are_raised_as_they_are():
     (2_000_000, 100, 1_000_000, 19_999, False),  # Delta's commit hook checkpoints this one itself
     (200, 100, 100, 1, False),           # the table checkpoints itself as often: Delta's hook only
     (200, 100, 50, 1, False),            # ... or more often
+    (301, 100, 50, 2, False),            # ... at any version, not only at its own
     (200, 100, 150, 1, True),            # less often: both, at different versions
     (200, 0, 1_000_000, 1, False),       # off
     (0, 1, 1_000_000, -1, False),        # a new table has nothing to checkpoint
