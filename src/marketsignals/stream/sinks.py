@@ -317,15 +317,16 @@ class AuditCheckpoints:
             delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, self.table)
             snapshot = delta_log.unsafeVolatileSnapshot()  # the writer's own (cached) log: no listing
             version = snapshot.version()
+            if self._last_block is None:  # the run's first commit: the next checkpoint at the next block
+                self._last_block = version // self.every
+            if version // self.every <= self._last_block:
+                return  # most commits: the table's own interval is not read (two Py4J calls a batch fewer)
             table_every = delta_log.checkpointInterval(snapshot.metadata())
         except Exception as exc:  # an internal API: the table stays readable, Delta's hook stays
             _log.warning("the audit table's version is not readable (%s): this run writes none of its checkpoints "
                          "(to let Delta's commits write them, set its delta.checkpointInterval with ALTER TABLE ... "
                          "SET TBLPROPERTIES and stream.audit_checkpoint_interval=0)", exc)
             self.every = 0
-            return
-        if self._last_block is None:  # the run's first commit: the next checkpoint at the next block
-            self._last_block = version // self.every
             return
         if not checkpoint_due(version, self.every, table_every, self._last_block):
             return
@@ -344,7 +345,8 @@ class AuditCheckpoints:
             if written < version:
                 outcome["error"] = f"Delta wrote none (its newest is at version {written}; the driver log says why)"
         except Exception as exc:  # py4j or the JVM going away: report it, never fail the stream
-            outcome["error"] = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            text = str(exc).strip()
+            outcome["error"] = text.splitlines()[0][:300] if text else type(exc).__name__
         if "error" in outcome:
             _log.warning("the audit table's checkpoint after version %d failed: %s", version, outcome["error"])
         outcome["ms"] = round((time.monotonic() - started) * 1000)
