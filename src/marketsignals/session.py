@@ -24,6 +24,10 @@ BASE_CONF: dict[str, str] = {
     # Arrow batches for the pandas state handler: bigger batches, fewer Python round trips.
     "spark.sql.execution.arrow.maxRecordsPerBatch": "20000",
     "spark.sql.streaming.metricsEnabled": "true",
+    # Delta's OPTIMIZE rewrites the files smaller than this (1 GB by default): the sink compacts the audit
+    # table every stream.audit_compact_interval commits, and a compacted file of 64 MB or more is left
+    # as it is, not rewritten with every compaction until it reaches 1 GB (stream/sinks.py, AuditMaintenance).
+    "spark.databricks.delta.optimize.minFileSize": str(64 * 1024 * 1024),
     # Secrets never reach the UI, event logs or metrics (sasl.jaas.config carries a password).
     "spark.redaction.regex": "(?i)secret|password|token|access[.]key|jaas|credential",
     "spark.sql.redaction.options.regex": "(?i)url|secret|password|token|jaas|credential|key[.]password",

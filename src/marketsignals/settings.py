@@ -161,7 +161,7 @@ class StrategySettings(_Section):
 # Stats (data skipping) on the audit table's first two columns, signal_id and symbol (event_date is
 # its partition), and Delta's own checkpoint (written by the commit that reaches the interval, in the
 # batch's path) only once in a million commits: the sink writes one every
-# stream.audit_checkpoint_interval commits on a thread of its own (stream/sinks.py, AuditCheckpoints).
+# stream.audit_checkpoint_interval commits on a thread of its own (stream/sinks.py, AuditMaintenance).
 AUDIT_TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "2", "delta.checkpointInterval": "1000000"}
 
 
@@ -196,6 +196,9 @@ class StreamSettings(_Section):
     # path (a reader replays at most this many small JSON commits); 0: none (Delta's own, per the
     # table's delta.checkpointInterval). A table whose own interval is at most this keeps Delta's.
     audit_checkpoint_interval: int = Field(100, ge=0)
+    # The sink compacts the audit table's small files (Delta's OPTIMIZE: one file per event date per batch)
+    # every this many of its commits, off the batch's path; 0: never (stream/sinks.py, AuditMaintenance).
+    audit_compact_interval: int = Field(1000, ge=0)
 
     @field_validator("audit_table_properties", mode="before")
     @classmethod

@@ -97,11 +97,16 @@ def test_audit_table_properties_default_to_the_profile_and_take_dotted_keys(tmp_
 
 
 @pytest.mark.parametrize("profile", ["local", "emr"])
-def test_the_profiles_leave_the_audit_tables_checkpoints_to_the_sink(profile):
-    # Delta's own checkpoint (in the commit, in the batch's path) far out; the sink's every 100 commits
+def test_the_profiles_leave_the_audit_tables_upkeep_to_the_sink(profile):
+    # Delta's own checkpoint (in the commit, in the batch's path) far out; the sink's every 100 commits,
+    # its compaction every 1000, and a compacted file of 64 MB is not rewritten by the next one
+    from marketsignals.session import session_conf
+
     s = load_settings(profile, [], env={})
     assert int(s.stream.audit_table_properties["delta.checkpointInterval"]) == 1_000_000
     assert s.stream.audit_checkpoint_interval == 100
+    assert s.stream.audit_compact_interval == 1000
+    assert session_conf(s.spark)["spark.databricks.delta.optimize.minFileSize"] == str(64 * 1024 * 1024)
 
 
 def test_an_audit_table_property_outside_delta_is_refused():
@@ -117,6 +122,7 @@ def test_an_audit_table_property_outside_delta_is_refused():
     ("broker.port=70000", ["broker.port"]),
     ("stream.state_buckets=0", ["stream.state_buckets", "greater than or equal to 1"]),
     ("stream.audit_checkpoint_interval=-1", ["stream.audit_checkpoint_interval", "greater than or equal to 0"]),
+    ("stream.audit_compact_interval=-5", ["stream.audit_compact_interval", "greater than or equal to 0"]),
     ("strategy.no_such_key=1", ["strategy.no_such_key"]),
 ])
 def test_a_bad_value_names_the_key_and_the_expected_form(override, names):

@@ -127,7 +127,7 @@ def _checkpoints_in(table) -> list[int]:
 
 def test_the_audit_table_is_checkpointed_off_the_commit_every_n_commits(spark, tmp_path):
     table = tmp_path / "audit"
-    checkpoints = sinks.AuditCheckpoints(str(table), every=3)
+    checkpoints = sinks.AuditMaintenance(str(table), every=3)
     rows = spark.range(5).selectExpr("id", "id % 2 AS day")
     for _ in range(8):  # versions 0..7: Delta's own hook would write none (interval 1,000,000)
         (rows.write.format("delta").mode("append").partitionBy("day")
@@ -135,24 +135,113 @@ def test_the_audit_table_is_checkpointed_off_the_commit_every_n_commits(spark, t
         checkpoints.committed(spark)
         assert checkpoints.wait(timeout=60)  # one at a time here, so each lands at its commit's version
     assert _checkpoints_in(table) == [3, 6]
-    outcome = checkpoints.finished()
+    outcome = checkpoints.finished()["audit_checkpoint"]
     assert outcome.keys() == {"version", "ms"} and outcome["version"] == 6, outcome  # no "error"
-    assert checkpoints.finished() is None  # reported once
+    assert checkpoints.finished() == {}  # reported once
     # a reader starts from the newest checkpoint: the table reads whole
     assert json.loads((table / "_delta_log" / "_last_checkpoint").read_text())["version"] == 6
     assert spark.read.format("delta").load(str(table)).count() == 40
     # one Delta did not write (it logs why and returns) is reported, not taken for written
     delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, str(table))
-    checkpoints._checkpoint(spark, delta_log, version=99)
-    assert "Delta wrote none (its newest is at version 7" in checkpoints.finished()["error"]
+    checkpoints._maintain(spark, delta_log, version=99, compact=False, checkpoint=True)
+    assert "Delta wrote none (its newest is at version 7" in checkpoints.finished()["audit_checkpoint"]["error"]
 
 
 def test_a_table_that_checkpoints_itself_as_often_gets_no_checkpoint_from_the_sink(spark, tmp_path):
     table = tmp_path / "audit"
-    checkpoints = sinks.AuditCheckpoints(str(table), every=3)
+    checkpoints = sinks.AuditMaintenance(str(table), every=3)
     for _ in range(7):  # versions 0..6; the table's own interval: 2
         spark.range(3).write.format("delta").mode("append").option("delta.checkpointInterval", "2").save(str(table))
         checkpoints.committed(spark)
         assert checkpoints.wait(timeout=60)
     assert _checkpoints_in(table) == [2, 4, 6]  # Delta's, in the commits
-    assert checkpoints.finished() is None
+    assert checkpoints.finished() == {}
+
+
+@pytest.mark.parametrize(("version", "every", "last_block", "due"), [
+    (999, 1000, 0, False),
+    (1000, 1000, 0, True),
+    (1003, 1000, 0, True),     # 1000 passed while the last one ran: caught up at the next commit
+    (1999, 1000, 1, False),
+    (2000, 1000, 0, True),
+    (2000, 0, 0, False),       # off
+    (0, 1, -1, False),         # a new table has nothing to compact
+])
+def test_when_the_sink_compacts_the_audit_table(version, every, last_block, due):
+    assert sinks.compaction_due(version, every, last_block) is due
+
+
+def _live_files(spark, table) -> int:
+    return spark.sql(f"DESCRIBE DETAIL delta.`{table}`").first()["numFiles"]
+
+
+def _operations(spark, table) -> list[str]:
+    from delta.tables import DeltaTable
+
+    return [r["operation"] for r in DeltaTable.forPath(spark, str(table)).history().orderBy("version").collect()]
+
+
+def test_the_audit_table_is_compacted_off_the_commit_every_n_commits(spark, tmp_path):
+    table = tmp_path / "audit"
+    upkeep = sinks.AuditMaintenance(str(table), every=0, compact_every=3)
+    for batch in range(7):  # two files a commit, one per day
+        (spark.range(10).selectExpr("id", "id % 2 AS day").repartition(1).write.format("delta").mode("append")
+         .partitionBy("day").option("userMetadata", audit_commit_tag("q", batch)).save(str(table)))
+        upkeep.committed(spark)
+        assert upkeep.wait(timeout=60)
+    # appends at versions 0-3, OPTIMIZE at 4 (due at 3), appends 5-6, OPTIMIZE at 7 (due at 6), append 8
+    assert _operations(spark, table) == [*["WRITE"] * 4, "OPTIMIZE", *["WRITE"] * 2, "OPTIMIZE", "WRITE"]
+    outcome = upkeep.finished()["audit_compaction"]
+    # the second compaction: each day's compacted file and its two new ones -> one file a day
+    assert outcome == {"version": 6, "files_removed": 6, "files_added": 2, "ms": outcome["ms"]}, outcome
+    assert _live_files(spark, table) == 4  # two compacted, two from the last append
+    assert spark.read.format("delta").load(str(table)).count() == 70
+    assert sorted(r.id for r in spark.read.format("delta").load(str(table)).select("id").collect()) == sorted(
+        list(range(10)) * 7)
+    # the exactly-once lookup reads past the compactions' commits, which carry no batch
+    assert last_audited_batch(spark, str(table), "q") == 6
+    assert last_audited_batch(spark, str(table), "q", pages=(1, 2)) == 6
+
+
+def test_appends_land_while_the_table_is_compacted(spark, tmp_path):
+    table = tmp_path / "audit"
+    rows = spark.range(50).selectExpr("id", "id % 5 AS day").repartition(5)
+
+    def append() -> None:
+        rows.write.format("delta").mode("append").partitionBy("day").save(str(table))
+
+    for _ in range(4):
+        append()
+    upkeep = sinks.AuditMaintenance(str(table), every=0, compact_every=1)
+    upkeep._last_compact_block = 0  # as if the run had started at version 0: due now
+    upkeep.committed(spark)
+    for _ in range(4):  # Delta's snapshot isolation for OPTIMIZE: blind appends never conflict with it
+        append()
+    assert upkeep.wait(timeout=120)
+    outcome = upkeep.finished()["audit_compaction"]
+    assert "error" not in outcome and outcome["files_removed"] > 0, outcome
+    from delta.tables import DeltaTable
+
+    optimize = DeltaTable.forPath(spark, str(table)).history().where("operation = 'OPTIMIZE'").first()
+    assert optimize["readVersion"] == 3 and optimize["version"] > 4, optimize  # appends landed while it ran
+    assert spark.read.format("delta").load(str(table)).count() == 8 * 50
+
+
+def test_a_failed_compaction_is_reported_and_the_next_one_still_comes(spark, tmp_path):
+    table = tmp_path / "audit"
+    spark.range(3).write.format("delta").save(str(table))
+    upkeep = sinks.AuditMaintenance(str(tmp_path / "not-a-table"), every=0, compact_every=1)
+    delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, str(table))
+    upkeep._maintain(spark, delta_log, version=1, compact=True, checkpoint=False)
+    outcome = upkeep.finished()["audit_compaction"]
+    assert outcome["version"] == 1 and "not-a-table" in outcome["error"] and "is not a Delta table" in outcome["error"]
+    assert upkeep.compact_every == 1
+
+
+def test_the_sink_keeps_the_audit_table_up_by_its_settings():
+    from marketsignals.settings import load_settings
+
+    settings = load_settings("local", ["stream.audit_table=/tmp/t", "stream.audit_checkpoint_interval=7",
+                                       "stream.audit_compact_interval=9"], env={})
+    upkeep = sinks.SignalSink(settings).maintenance
+    assert (upkeep.table, upkeep.every, upkeep.compact_every) == ("/tmp/t", 7, 9)

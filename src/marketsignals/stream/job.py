@@ -131,7 +131,9 @@ def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListe
 
 
 STOP_POLL_S = 0.2  # how soon after SIGTERM / Ctrl-C the query's stop starts, at the latest
-CHECKPOINT_WAIT_S = 60  # how long a stop waits for the audit table's checkpoint in flight
+# how long a stop waits for the audit table's compaction or checkpoint in flight (one cut by the end leaves
+# the table as it was: an OPTIMIZE that did not commit wrote files no version names, which VACUUM removes)
+MAINTENANCE_WAIT_S = 60
 
 
 def run(spark: SparkSession, settings: Settings) -> int:
@@ -157,9 +159,9 @@ def run(spark: SparkSession, settings: Settings) -> int:
             query.stop()
         listener.terminated.wait(timeout=10)
         spark.streams.removeListener(listener)
-        if not sink.close(timeout=CHECKPOINT_WAIT_S):
-            print("marketsignals: the audit table's checkpoint did not finish in time; the next one comes later",
-                  flush=True)
+        if not sink.close(timeout=MAINTENANCE_WAIT_S):
+            print("marketsignals: the audit table's compaction or checkpoint did not finish in time; the next one "
+                  "comes later", flush=True)
     exc = query.exception()
     if exc is not None:
         text = (getattr(exc, "desc", None) or str(exc)).strip()

@@ -12,8 +12,8 @@ every batch (bench/ROUNDS.md): once per run is enough. Kafka delivery is at-leas
 has no transactional Kafka sink); consumers deduplicate on signal_id.
 
 The audit table's Delta checkpoint (its log's state in one Parquet file, so readers do not replay
-every JSON commit) is written by :class:`AuditCheckpoints` on a thread of its own, not by Delta's
-commit hook in the batch's path (see there).
+every JSON commit) is written by :class:`AuditMaintenance` on a thread of its own, not by Delta's
+commit hook in the batch's path, and so is the compaction of its small files (see there).
 """
 
 from __future__ import annotations
@@ -178,16 +178,17 @@ class SignalSink:
     _audited_through: int | None = field(default=None, init=False)  # this query's newest batch in the table
     _audit_checked: bool = field(default=False, init=False)  # Delta's txnVersion check done this run
     _record_columns: RecordColumns | None = field(default=None, init=False)
-    checkpoints: AuditCheckpoints = field(init=False)
+    maintenance: AuditMaintenance = field(init=False)
 
     def __post_init__(self) -> None:
-        self.checkpoints = AuditCheckpoints(self.settings.stream.audit_table,
-                                            self.settings.stream.audit_checkpoint_interval)
+        stream = self.settings.stream
+        self.maintenance = AuditMaintenance(stream.audit_table, stream.audit_checkpoint_interval,
+                                            stream.audit_compact_interval)
 
     def close(self, timeout: float | None = None) -> bool:
-        """Wait for the audit table's checkpoint in flight, if any (call it once the query stopped);
-        False if it was still running after ``timeout`` seconds."""
-        return self.checkpoints.wait(timeout)
+        """Wait for the audit table's compaction or checkpoint in flight, if any (call it once the query
+        stopped); False if it was still running after ``timeout`` seconds."""
+        return self.maintenance.wait(timeout)
 
     def __call__(self, out: DataFrame, batch_id: int) -> None:
         try:
@@ -239,10 +240,8 @@ class SignalSink:
             phase_ms.update(run_together(writes))
             lap("write")
             if "audit" in writes:
-                self.checkpoints.committed(out.sparkSession)
-            checkpointed = self.checkpoints.finished()
-            self.on_counts(batch_id, {**counts, "sink_ms": phase_ms,
-                                      **({"audit_checkpoint": checkpointed} if checkpointed else {})})
+                self.maintenance.committed(out.sparkSession)
+            self.on_counts(batch_id, {**counts, "sink_ms": phase_ms, **self.maintenance.finished()})
         finally:
             release(out)
 
@@ -267,7 +266,7 @@ class SignalSink:
             return self._app_id
 
 
-AUDIT_CHECKPOINT_JOB_GROUP = "marketsignals-audit-checkpoint"
+AUDIT_MAINTENANCE_JOB_GROUP = "marketsignals-audit-maintenance"
 
 
 def checkpoint_due(version: int, every: int, table_every: int, last_block: int) -> bool:
@@ -281,83 +280,144 @@ def checkpoint_due(version: int, every: int, table_every: int, last_block: int) 
     return version // every > last_block and version % table_every != 0
 
 
-class AuditCheckpoints:
-    """The audit table's Delta checkpoints, written on a thread of their own.
+def compaction_due(version: int, every: int, last_block: int) -> bool:
+    """Whether the sink compacts the audit table after committing ``version``: once per ``every``
+    commits, by the same block rule as :func:`checkpoint_due` (0: never)."""
+    return every > 0 and version > 0 and version // every > last_block
 
-    Delta 4.0 writes a table's checkpoint in the commit that reaches its ``delta.checkpointInterval``
-    (a post-commit hook; it has no asynchronous one): state reconstruction and a Parquet write, 1.6-4.2
-    s of that batch's audit write in soaks here, while the ticks behind it wait. Off the batch's path a
-    checkpoint takes 2-3.6 s of a thread and slows the few batches beside it by 0.1-0.6 s: in ten-minute
-    soaks the slowest batch after the first two went from 2.1-2.7 s to 1.3-1.4 s (bench/ROUNDS.md,
-    twentieth round). The audit table is created with a
+
+class AuditMaintenance:
+    """The audit table's upkeep, on a thread of its own: its Delta checkpoints and the compaction of
+    its small files.
+
+    **Checkpoints.** Delta 4.0 writes a table's checkpoint in the commit that reaches its
+    ``delta.checkpointInterval`` (a post-commit hook; it has no asynchronous one): state reconstruction
+    and a Parquet write, 1.6-4.2 s of that batch's audit write in soaks here, while the ticks behind it
+    wait. Off the batch's path a checkpoint takes 2-3.6 s of a thread and slows the few batches beside it
+    by 0.1-0.6 s: in ten-minute soaks the slowest batch after the first two went from 2.1-2.7 s to
+    1.3-1.4 s (bench/ROUNDS.md, twentieth round). The audit table is created with a
     ``delta.checkpointInterval`` Delta reaches only once in a million commits (settings:
     ``AUDIT_TABLE_PROPERTIES``), and this writes one every ``stream.audit_checkpoint_interval``
     commits from a daemon thread, while the next batches run: Delta writes a checkpoint of a committed
     version while later commits land, as its readers expect. A table whose own interval is at most that
     (one created before, or configured so) keeps Delta's hook and gets none from here; 0 turns this off.
 
-    A checkpoint is an optimisation, never part of the guarantees: one that fails (Delta logs why) or
-    is cut by the job's end leaves the table as readable as before, and the next one comes ``every``
-    commits later. It runs in its own Spark job group, so stopping the query does not cancel it.
+    **Compaction.** Each batch with signals adds one file per event date (~125 KB at 2,000 ticks/s):
+    on a 1 s trigger 86,400 files a day, and every reader of the table opens them all (a query for one
+    symbol over 40,000 such files took 3 s here, 0.2 s once compacted; bench/ROUNDS.md, twenty-first
+    round). Every ``stream.audit_compact_interval`` commits this runs Delta's OPTIMIZE (bin-packing) on
+    the table. Files of at least ``spark.databricks.delta.optimize.minFileSize`` (64 MB in this job's
+    session, 1 GB by Delta's default) are left as they are, so a compacted file is rewritten only until
+    it is that large. OPTIMIZE changes no data (its files are ``dataChange=false``) and, under Delta's
+    snapshot isolation for it, never conflicts with the sink's blind appends. The files it replaces stay
+    on storage until a ``VACUUM``, whose retention is the table owner's choice. 0 turns this off.
+
+    Neither is part of the guarantees: one that fails (Delta logs why) or is cut by the job's end
+    leaves the table as readable as before, and the next one comes ``every`` commits later. When both
+    are due, the compaction goes first, so the checkpoint holds its result. They run in their own Spark
+    job group, so stopping the query does not cancel them.
     """
 
-    def __init__(self, table: str, every: int) -> None:
+    def __init__(self, table: str, every: int, compact_every: int = 0) -> None:
         self.table = table
         self.every = every
+        self.compact_every = compact_every
         self._thread: threading.Thread | None = None
         self._last_block: int | None = None  # version // every of the last checkpoint started this run
-        self._finished: dict | None = None  # the last checkpoint's outcome, for the next metrics line
+        self._last_compact_block: int | None = None  # version // compact_every of the last compaction
+        self._finished: dict[str, dict] = {}  # the last outcomes, for the next metrics line
         self._lock = threading.Lock()
 
     def committed(self, spark: SparkSession) -> None:
-        """After a sink's commit to the table: start a checkpoint if one is due and none is running."""
-        if self.every <= 0 or (self._thread is not None and self._thread.is_alive()):
+        """After a sink's commit to the table: start what is due, unless the last is still running."""
+        if (self.every <= 0 and self.compact_every <= 0) or (self._thread is not None and self._thread.is_alive()):
             return
         try:
             delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, self.table)
             snapshot = delta_log.unsafeVolatileSnapshot()  # the writer's own (cached) log: no listing
             version = snapshot.version()
-            if self._last_block is None:  # the run's first commit: the next checkpoint at the next block
-                self._last_block = version // self.every
-            if version // self.every <= self._last_block:
-                return  # most commits: the table's own interval is not read (two Py4J calls a batch fewer)
-            table_every = delta_log.checkpointInterval(snapshot.metadata())
         except Exception as exc:  # an internal API: the table stays readable, Delta's hook stays
-            _log.warning("the audit table's version is not readable (%s): this run writes none of its checkpoints "
-                         "(to let Delta's commits write them, set its delta.checkpointInterval with ALTER TABLE ... "
-                         "SET TBLPROPERTIES and stream.audit_checkpoint_interval=0)", exc)
-            self.every = 0
+            _log.warning("the audit table's version is not readable (%s): this run neither checkpoints nor compacts "
+                         "it (to let Delta's commits write its checkpoints, set its delta.checkpointInterval with "
+                         "ALTER TABLE ... SET TBLPROPERTIES and stream.audit_checkpoint_interval=0)", exc)
+            self.every = self.compact_every = 0
             return
-        if not checkpoint_due(version, self.every, table_every, self._last_block):
-            return
-        self._last_block = version // self.every
-        self._thread = threading.Thread(target=self._checkpoint, args=(spark, delta_log, version),
-                                        name="marketsignals-audit-checkpoint", daemon=True)
-        self._thread.start()
+        compact = self._compaction_due(version)
+        checkpoint = self._checkpoint_due(delta_log, snapshot, version)
+        if compact:
+            self._last_compact_block = version // self.compact_every
+        if checkpoint:
+            self._last_block = version // self.every
+        if compact or checkpoint:
+            self._thread = threading.Thread(target=self._maintain, name="marketsignals-audit-maintenance", daemon=True,
+                                            args=(spark, delta_log, version, compact, checkpoint))
+            self._thread.start()
 
-    def _checkpoint(self, spark: SparkSession, delta_log, version: int) -> None:
+    def _compaction_due(self, version: int) -> bool:
+        if self.compact_every <= 0:
+            return False
+        if self._last_compact_block is None:  # the run's first commit: the next one at the next block
+            self._last_compact_block = version // self.compact_every
+        return compaction_due(version, self.compact_every, self._last_compact_block)
+
+    def _checkpoint_due(self, delta_log, snapshot, version: int) -> bool:
+        if self.every <= 0:
+            return False
+        if self._last_block is None:  # the run's first commit: the next checkpoint at the next block
+            self._last_block = version // self.every
+        if version // self.every <= self._last_block:
+            return False  # most commits: the table's own interval is not read (two Py4J calls a batch fewer)
+        try:
+            table_every = delta_log.checkpointInterval(snapshot.metadata())
+        except Exception as exc:
+            _log.warning("the audit table's checkpoint interval is not readable (%s): this run writes none of its "
+                         "checkpoints", exc)
+            self.every = 0
+            return False
+        return checkpoint_due(version, self.every, table_every, self._last_block)
+
+    def _maintain(self, spark: SparkSession, delta_log, version: int, compact: bool, checkpoint: bool) -> None:
+        spark.sparkContext.setJobGroup(AUDIT_MAINTENANCE_JOB_GROUP, "the audit table's compaction and checkpoint")
+        if compact:
+            self._report("audit_compaction", version, lambda outcome: self._compact(spark, outcome))
+        if checkpoint:
+            self._report("audit_checkpoint", version,
+                         lambda outcome: self._checkpoint(spark, delta_log, version, outcome))
+
+    def _report(self, key: str, version: int, work: Callable[[dict], None]) -> None:
         started = time.monotonic()
         outcome: dict = {"version": version}
         try:
-            spark.sparkContext.setJobGroup(AUDIT_CHECKPOINT_JOB_GROUP, "the audit table's Delta checkpoint")
-            delta_log.checkpoint()  # its newest snapshot; Delta logs its own failures and returns
-            written = json.loads(read_text(spark, self.table, "_delta_log/_last_checkpoint"))["version"]
-            if written < version:
-                outcome["error"] = f"Delta wrote none (its newest is at version {written}; the driver log says why)"
+            work(outcome)
         except Exception as exc:  # py4j or the JVM going away: report it, never fail the stream
             text = str(exc).strip()
             outcome["error"] = text.splitlines()[0][:300] if text else type(exc).__name__
         if "error" in outcome:
-            _log.warning("the audit table's checkpoint after version %d failed: %s", version, outcome["error"])
+            _log.warning("the audit table's %s after version %d failed: %s", key.removeprefix("audit_"), version,
+                         outcome["error"])
         outcome["ms"] = round((time.monotonic() - started) * 1000)
         with self._lock:
-            self._finished = outcome
+            self._finished[key] = outcome
 
-    def finished(self) -> dict | None:
-        """The outcome of the checkpoint that finished since the last call ({version, ms[, error]})."""
+    def _compact(self, spark: SparkSession, outcome: dict) -> None:
+        from delta.tables import DeltaTable
+
+        metrics = DeltaTable.forPath(spark, self.table).optimize().executeCompaction().select("metrics").first()[0]
+        outcome["files_removed"] = int(metrics["numFilesRemoved"])
+        outcome["files_added"] = int(metrics["numFilesAdded"])
+
+    def _checkpoint(self, spark: SparkSession, delta_log, version: int, outcome: dict) -> None:
+        delta_log.checkpoint()  # its newest snapshot; Delta logs its own failures and returns
+        written = json.loads(read_text(spark, self.table, "_delta_log/_last_checkpoint"))["version"]
+        if written < version:
+            outcome["error"] = f"Delta wrote none (its newest is at version {written}; the driver log says why)"
+
+    def finished(self) -> dict[str, dict]:
+        """The outcomes finished since the last call, by metrics key (``audit_compaction``: version,
+        ms, files_removed, files_added; ``audit_checkpoint``: version, ms; either with ``error``)."""
         with self._lock:
-            outcome, self._finished = self._finished, None
-        return outcome
+            outcomes, self._finished = self._finished, {}
+        return outcomes
 
     def wait(self, timeout: float | None = None) -> bool:
         thread = self._thread
