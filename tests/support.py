@@ -97,18 +97,22 @@ def consume_all(kafka: KafkaSettings, topic: str, timeout_s: float = 60.0) -> li
 
 
 def run_available_now(spark, settings: Settings) -> list[dict]:
-    """Run the streaming job with availableNow to the end; return its metrics lines."""
+    """Run the streaming job with availableNow to the end, and the audit table's compaction or
+    checkpoint in flight with it (as ``marketsignals stream`` does); return its metrics lines."""
     from marketsignals.stream.job import start_stream
     from marketsignals.stream.metrics import MetricsListener
+    from marketsignals.stream.sinks import SignalSink
 
     listener = MetricsListener(settings.stream.metrics_path)
-    query = start_stream(spark, settings, listener=listener)
+    sink = SignalSink(settings)
+    query = start_stream(spark, settings, listener=listener, sink=sink)
     try:
         query.awaitTermination()
         # the listener bus is asynchronous: wait until it delivered the last progress and the end
         listener.terminated.wait(timeout=60)
     finally:
         spark.streams.removeListener(listener)
+        assert sink.close(timeout=120), "the audit table's compaction or checkpoint is still running"
     if query.exception() is not None:
         raise AssertionError(f"streaming query failed: {query.exception()}")
     path = Path(settings.stream.metrics_path)

@@ -245,3 +245,17 @@ def test_the_sink_keeps_the_audit_table_up_by_its_settings():
                                        "stream.audit_compact_interval=9"], env={})
     upkeep = sinks.SignalSink(settings).maintenance
     assert (upkeep.table, upkeep.every, upkeep.compact_every) == ("/tmp/t", 7, 9)
+
+
+def test_when_both_are_due_the_checkpoint_holds_the_compaction(spark, tmp_path):
+    table = tmp_path / "audit"
+    upkeep = sinks.AuditMaintenance(str(table), every=3, compact_every=3)
+    for _ in range(4):  # versions 0-3; at 3 both are due
+        (spark.range(4).repartition(2).write.format("delta").mode("append")
+         .option("delta.checkpointInterval", "1000000").save(str(table)))
+        upkeep.committed(spark)
+        assert upkeep.wait(timeout=60)
+    assert _operations(spark, table) == [*["WRITE"] * 4, "OPTIMIZE"]  # the compaction first, at version 4
+    assert _checkpoints_in(table) == [4]  # then the checkpoint, of the table as compacted
+    outcomes = upkeep.finished()
+    assert outcomes["audit_compaction"]["files_removed"] == 8 and outcomes["audit_checkpoint"]["version"] == 3, outcomes
