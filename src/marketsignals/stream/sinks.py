@@ -302,7 +302,7 @@ class AuditMaintenance:
     version while later commits land, as its readers expect. A table whose own interval is at most that
     (one created before, or configured so) keeps Delta's hook and gets none from here; 0 turns this off.
 
-    **Compaction.** Each batch with signals adds one file per event date (~125 KB at 2,000 ticks/s):
+    **Compaction.** Each batch with signals adds one file per event date (65-125 KB at 2,000 ticks/s):
     on a 1 s trigger 86,400 files a day, and every reader of the table opens them all (a query for one
     symbol over 40,000 such files took 3 s here, 0.2 s once compacted; bench/ROUNDS.md, twenty-first
     round). Every ``stream.audit_compact_interval`` commits this runs Delta's OPTIMIZE (bin-packing) on
