@@ -168,7 +168,7 @@ def test_a_table_that_checkpoints_itself_as_often_gets_no_checkpoint_from_the_si
     (0, 1, -1, False),         # a new table has nothing to compact
 ])
 def test_when_the_sink_compacts_the_audit_table(version, every, last_block, due):
-    assert sinks.compaction_due(version, every, last_block) is due
+    assert sinks.block_due(version, every, last_block) is due
 
 
 def _live_files(spark, table) -> int:

@@ -269,21 +269,20 @@ class SignalSink:
 AUDIT_MAINTENANCE_JOB_GROUP = "marketsignals-audit-maintenance"
 
 
+def block_due(version: int, every: int, last_block: int) -> bool:
+    """Whether upkeep done once per ``every`` commits (the audit table's compaction, and its checkpoint,
+    see :func:`checkpoint_due`) is due after committing ``version``: ``version // every`` passed
+    ``last_block``, the block of the last one started, so a version skipped while the last one ran is
+    caught up at the next commit (0: never; a new table, version 0, has nothing to do)."""
+    return every > 0 and version > 0 and version // every > last_block
+
+
 def checkpoint_due(version: int, every: int, table_every: int, last_block: int) -> bool:
     """Whether the sink checkpoints the audit table after committing ``version``: once per ``every``
-    commits (``version // every`` passed ``last_block``, the block of the last one it started; so a
-    version skipped while a checkpoint ran is caught up at the next commit), never at a version
-    Delta's commit hook checkpoints itself (``table_every``, the table's ``delta.checkpointInterval``),
-    and not at all when that hook already checkpoints at least as often."""
-    if every <= 0 or table_every <= every or version <= 0:
-        return False
-    return version // every > last_block and version % table_every != 0
-
-
-def compaction_due(version: int, every: int, last_block: int) -> bool:
-    """Whether the sink compacts the audit table after committing ``version``: once per ``every``
-    commits, by the same block rule as :func:`checkpoint_due` (0: never)."""
-    return every > 0 and version > 0 and version // every > last_block
+    commits (:func:`block_due`), never at a version Delta's commit hook checkpoints itself
+    (``table_every``, the table's ``delta.checkpointInterval``), and not at all when that hook already
+    checkpoints at least as often."""
+    return block_due(version, every, last_block) and table_every > every and version % table_every != 0
 
 
 class AuditMaintenance:
@@ -358,14 +357,14 @@ class AuditMaintenance:
             return False
         if self._last_compact_block is None:  # the run's first commit: the next one at the next block
             self._last_compact_block = version // self.compact_every
-        return compaction_due(version, self.compact_every, self._last_compact_block)
+        return block_due(version, self.compact_every, self._last_compact_block)
 
     def _checkpoint_due(self, delta_log, snapshot, version: int) -> bool:
         if self.every <= 0:
             return False
         if self._last_block is None:  # the run's first commit: the next checkpoint at the next block
             self._last_block = version // self.every
-        if version // self.every <= self._last_block:
+        if not block_due(version, self.every, self._last_block):
             return False  # most commits: the table's own interval is not read (two Py4J calls a batch fewer)
         try:
             table_every = delta_log.checkpointInterval(snapshot.metadata())
