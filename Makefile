@@ -10,7 +10,7 @@ LOCALFS_JAR := .jars/local/marketsignals-localfs.jar
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: help setup venv jars kafka-up kafka-down kafka-status run test test-unit test-integration faults soak bench lint package clean
+.PHONY: help setup venv java jars kafka-up kafka-down kafka-status run test test-unit test-integration faults soak bench lint package clean
 
 help:
 	@echo "make run      broker + feed + streaming job + live console (Ctrl-C stops all); RUN_ARGS='--fresh ...'"
@@ -29,13 +29,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	@touch $@
 
+# The JDK that Spark and the broker start (JAVA_HOME first, as they do), checked on every use and not only
+# when the jars are fetched: a JDK changed afterwards would otherwise fail at the JVM's start, in Spark's words.
+JAVA := $(if $(JAVA_HOME),$(JAVA_HOME)/bin/java,java)
+java:
+	@command -v $(JAVA) >/dev/null || { echo "error: $(JAVA) not found: apt-get install openjdk-17-jdk-headless\
+	$(if $(JAVA_HOME), or fix JAVA_HOME)"; exit 1; }
+	@$(JAVA) -XX:TrimNativeHeapInterval=60000 -version >/dev/null 2>&1 || { echo "error: $(JAVA) is older than \
+	17.0.11 (the local profile's -XX:TrimNativeHeapInterval, conf/local.yaml): update openjdk-17-jdk-headless"; exit 1; }
+
 # JVM artifacts from Maven Central into .jars/ (git-ignored). Re-runs only when the pom changes.
-jars: .jars/.fetched $(LOCALFS_JAR)
-.jars/.fetched: jvm/pom.xml jvm/settings.xml
+jars: java .jars/.fetched $(LOCALFS_JAR)
+.jars/.fetched: jvm/pom.xml jvm/settings.xml | java
 	@command -v mvn >/dev/null || { echo "error: mvn not found: apt-get install maven"; exit 1; }
-	@command -v java >/dev/null || { echo "error: java not found: apt-get install openjdk-17-jdk-headless"; exit 1; }
-	@java -XX:TrimNativeHeapInterval=60000 -version >/dev/null 2>&1 || { echo "error: java is older than 17.0.11 \
-	(the local profile's -XX:TrimNativeHeapInterval, conf/local.yaml): update openjdk-17-jdk-headless"; exit 1; }
 	$(MVN) -P connector package
 	$(MVN) -P broker package
 	$(MVN) -P msk-iam package
@@ -61,7 +67,7 @@ run: venv jars
 test: venv jars
 	$(BIN)/pytest -m "not soak" $(PYTEST_ARGS)
 
-test-unit: venv
+test-unit: venv java
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: venv jars
