@@ -36,6 +36,13 @@ DUPLICATE_KEYS: tuple[str, ...] = (SYMBOL, TS_MS, EXCHANGE, PRICE, VOLUME)
 
 # Every field parsed as text first, so a wrong JSON type is told apart from a missing field.
 RAW_TICK_SCHEMA = T.StructType([T.StructField(name, T.StringType()) for name in TICK_FIELDS])
+# The typed first parse of a tick (validation.py): numbers as numbers, the rest as text, and the column
+# where Spark names a record any of whose fields failed to convert.
+UNPARSED = "_unparsed"
+FAST_TICK_SCHEMA = T.StructType(
+    [T.StructField(name, {PRICE: T.DoubleType(), BID: T.DoubleType(), ASK: T.DoubleType(),
+                          VOLUME: T.LongType()}.get(name, T.StringType())) for name in TICK_FIELDS]
+    + [T.StructField(UNPARSED, T.StringType())])
 
 # A valid, typed tick (what the feed writes to parquet and what the backtest reads).
 TICK_SCHEMA = T.StructType(

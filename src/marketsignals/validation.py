@@ -1,8 +1,16 @@
 """Parse and validate raw tick JSON (SPEC §1) as pure Spark Column logic.
 
-Every field is parsed as text first, so a missing field, a wrong JSON type and an out-of-range value
-get different reasons. The first rule a tick breaks names its ``reason``; a valid tick has a null
+Every field is judged as text, so a missing field, a wrong JSON type and an out-of-range value get
+different reasons. The first rule a tick breaks names its ``reason``; a valid tick has a null
 reason. Nothing here reads a clock: "now" (for the future-skew rule) is a Column the caller passes.
+
+Most ticks are well formed, and for them the text is not needed: each tick is first parsed with its
+numbers typed (``FAST_TICK_SCHEMA``), and only a tick that parse does not take whole (any field that
+fails to convert, a missing number, NaN or an infinity) is parsed again as text and judged field by
+field. Both give a tick the same columns and reason (tests/unit/test_validation.py compares them on
+thousands of spoiled ticks); the typed parse is what keeps the JVM from rendering each number back
+to text, and the checks from matching every number against a regular expression (bench/ROUNDS.md,
+twenty-second round).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from marketsignals.schema import (
     CURRENCY,
     EVENT_TIME,
     EXCHANGE,
+    FAST_TICK_SCHEMA,
     PRICE,
     RAW_TICK_SCHEMA,
     REASON,
@@ -23,6 +32,7 @@ from marketsignals.schema import (
     TICK_FIELDS,
     TIMESTAMP,
     TS_MS,
+    UNPARSED,
     VOLUME,
     Reason,
 )
@@ -36,7 +46,10 @@ _CURRENCY = r"^[A-Za-z]{3}$"
 # ISO-8601 with an explicit zone (Z or +hh:mm / +hhmm); the date-time part is checked by the cast.
 _ISO_WITH_ZONE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$"
 
-PARSED = "_tick"
+PARSED = "_tick"  # the fields as text (null for a tick the typed parse took whole)
+FAST = "_fast"  # the typed parse
+FAST_OK = "_fast_ok"  # the typed parse took the tick whole: its columns are the tick's
+_NUMBERS = (PRICE, BID, ASK)
 _MIN_TS_MS, _MAX_TS_MS = -62_135_596_800_000, 253_402_300_799_999  # 0001-01-01 .. 9999-12-31T23:59:59.999Z
 
 
@@ -44,17 +57,46 @@ def _text(name: str) -> Column:
     return F.col(f"{PARSED}.{name}")
 
 
+def _field(name: str) -> Column:
+    """A text field (symbol, timestamp, exchange, currency) from whichever parse the tick took."""
+    return F.when(F.col(FAST_OK), F.col(f"{FAST}.{name}")).otherwise(_text(name))
+
+
 def _as_double(name: str) -> Column:
     text = _text(name)
-    return F.when(text.rlike(_NUMBER), text.try_cast("double")).when(
+    as_text = F.when(text.rlike(_NUMBER), text.try_cast("double")).when(
         text.rlike(_SPECIAL_DOUBLE), F.regexp_replace(text, '"', "").try_cast("double"))
+    return F.when(F.col(FAST_OK), F.col(f"{FAST}.{name}")).otherwise(as_text)
 
 
-def parse_ticks(df: DataFrame, value_col: str = "value") -> DataFrame:
+def _fast_ok(fast: Column) -> Column:
+    """The typed parse took the tick whole: no field failed to convert (Spark then names the record in
+    UNPARSED and keeps what did convert), every field is there and no number is NaN or infinite.
+    JSON's number grammar is _NUMBER's and a JSON integer within a long is _INTEGER's, so for such a
+    tick the text rules would accept every number, with the same value (Jackson parses the token; the
+    text path parses Jackson's rendering of it back)."""
+    ok = fast[UNPARSED].isNull()
+    for name in TICK_FIELDS:
+        ok = ok & fast[name].isNotNull()
+    for name in _NUMBERS:
+        ok = ok & ~F.isnan(fast[name]) & (F.abs(fast[name]) < float("inf"))
+    return F.coalesce(ok, F.lit(False))
+
+
+def parse_ticks(df: DataFrame, value_col: str = "value", *, typed_first: bool = True) -> DataFrame:
     """Add the tick's typed columns (symbol upper-cased, ``ts_ms``, ``event_time``, price, volume,
-    bid, ask, exchange, currency) parsed from the JSON text in ``value_col``, plus ``_tick`` (the
-    fields as text) for :func:`with_reject_reason`. Unknown extra JSON fields are ignored."""
-    ts_text = _text(TIMESTAMP)
+    bid, ask, exchange, currency) parsed from the JSON text in ``value_col``, plus the parses for
+    :func:`with_reject_reason`. Unknown extra JSON fields are ignored. ``typed_first=False`` judges
+    every tick as text (the reference the tests hold the typed parse to)."""
+    text = F.col(value_col).cast("string")
+    if typed_first:
+        fast = F.from_json(text, FAST_TICK_SCHEMA, {"columnNameOfCorruptRecord": UNPARSED, "mode": "PERMISSIVE"})
+        df = df.withColumn(FAST, fast).withColumn(FAST_OK, _fast_ok(F.col(FAST)))
+    else:
+        df = df.withColumn(FAST, F.lit(None).cast(FAST_TICK_SCHEMA)).withColumn(FAST_OK, F.lit(False))
+    # the text parse runs only for the ticks the typed parse did not take
+    df = df.withColumn(PARSED, F.when(~F.col(FAST_OK), F.from_json(text, RAW_TICK_SCHEMA)))
+    ts_text = _field(TIMESTAMP)
     iso_ms = F.unix_millis(F.try_to_timestamp(F.regexp_replace(ts_text, " ", "T")))
     ts_ms = F.when(ts_text.rlike(_INTEGER), ts_text.try_cast("long")).when(
         ts_text.rlike(_ISO_WITH_ZONE), iso_ms
@@ -62,17 +104,18 @@ def parse_ticks(df: DataFrame, value_col: str = "value") -> DataFrame:
     # outside Spark's timestamp range (years 1-9999) a stamp is invalid, not a crash: under ANSI mode
     # timestamp_millis(9223372036854775807) overflows and would fail the whole batch
     ts_ms = F.when(ts_ms.between(_MIN_TS_MS, _MAX_TS_MS), ts_ms)
+    volume_text = _text(VOLUME)
     return (
-        df.withColumn(PARSED, F.from_json(F.col(value_col).cast("string"), RAW_TICK_SCHEMA))
-        .withColumn(SYMBOL, F.upper(F.trim(_text(SYMBOL))))
+        df.withColumn(SYMBOL, F.upper(F.trim(_field(SYMBOL))))
         .withColumn(TS_MS, ts_ms)
         .withColumn(EVENT_TIME, F.timestamp_millis(F.col(TS_MS)))
         .withColumn(PRICE, _as_double(PRICE))
-        .withColumn(VOLUME, F.when(_text(VOLUME).rlike(_INTEGER), _text(VOLUME).try_cast("long")))
+        .withColumn(VOLUME, F.when(F.col(FAST_OK), F.col(f"{FAST}.{VOLUME}"))
+                    .when(volume_text.rlike(_INTEGER), volume_text.try_cast("long")))
         .withColumn(BID, _as_double(BID))
         .withColumn(ASK, _as_double(ASK))
-        .withColumn(EXCHANGE, F.trim(_text(EXCHANGE)))
-        .withColumn(CURRENCY, F.upper(_text(CURRENCY)))
+        .withColumn(EXCHANGE, F.trim(_field(EXCHANGE)))
+        .withColumn(CURRENCY, F.upper(_field(CURRENCY)))
     )
 
 
@@ -115,13 +158,16 @@ def reject_reason(now_ms: Column, max_future_skew_ms: int, value_col: str = "val
         | (_text(ASK).isNotNull() & F.col(ASK).isNull())
         | (_text(VOLUME).isNotNull() & F.col(VOLUME).isNull())
     )
-    symbol, currency = F.col(SYMBOL), F.col(CURRENCY)
-    return (
+    # the JSON's shape, judged only on the text parse: a tick the typed parse took whole has every field
+    shape = (
         F.when(F.col(PARSED).isNull(), F.lit(Reason.NOT_JSON))
         .when(fields_all_null & ~is_object, F.lit(Reason.NOT_JSON))
         .when(missing, F.lit(Reason.MISSING_FIELD))
         .when(wrong_type, F.lit(Reason.WRONG_TYPE))
-        .when(~symbol.rlike(_SYMBOL), F.lit(Reason.INVALID_SYMBOL))
+    )
+    symbol, currency = F.col(SYMBOL), F.col(CURRENCY)
+    values = (
+        F.when(~symbol.rlike(_SYMBOL), F.lit(Reason.INVALID_SYMBOL))
         .when(F.col(TS_MS).isNull(), F.lit(Reason.INVALID_TIMESTAMP))
         .when(F.col(TS_MS) > now_ms + F.lit(max_future_skew_ms), F.lit(Reason.FUTURE_TIMESTAMP))
         .when(~_finite_positive(PRICE), F.lit(Reason.INVALID_PRICE))
@@ -131,12 +177,13 @@ def reject_reason(now_ms: Column, max_future_skew_ms: int, value_col: str = "val
         .when(F.length(F.col(EXCHANGE)) == 0, F.lit(Reason.INVALID_EXCHANGE))
         .when(~currency.rlike(_CURRENCY), F.lit(Reason.INVALID_CURRENCY))
     )
+    return F.coalesce(F.when(~F.col(FAST_OK), shape), values)
 
 
 def with_reject_reason(df: DataFrame, now_ms: Column, max_future_skew_ms: int,
                        value_col: str = "value") -> DataFrame:
-    """:func:`parse_ticks` output plus a ``reason`` column (null for a valid tick); drops ``_tick``."""
-    return df.withColumn(REASON, reject_reason(now_ms, max_future_skew_ms, value_col)).drop(PARSED)
+    """:func:`parse_ticks` output plus a ``reason`` column (null for a valid tick); drops the parses."""
+    return df.withColumn(REASON, reject_reason(now_ms, max_future_skew_ms, value_col)).drop(PARSED, FAST, FAST_OK)
 
 
 def validate_typed_ticks(df: DataFrame, now_ms: Column, max_future_skew_ms: int) -> DataFrame:

@@ -94,3 +94,73 @@ def test_typed_history_goes_through_the_same_rules(spark):
                                      "ask double, exchange string, currency string, expected string")
     out = validate_typed_ticks(df, F.lit(NOW), 5000)
     assert_column_equality(out, "reason", "expected")
+
+
+# --- the typed first parse against the text rules -------------------------------------------------------
+# Values that a typed parse and a text parse could disagree on: JSON numbers in every form, numbers as
+# strings, the names Spark gives NaN and infinity, other JSON types, and text that is not JSON.
+ODD_VALUES = [
+    "10", "10.0", "1.05e1", "1.05E+1", "1050e-2", "-0.0", "0", "-0", "5e-324", "1e-400", "1e400", "-1e400",
+    "2e23", "9007199254740993", "123456789012345678901234567890", "9223372036854775807", "9223372036854775808",
+    "-9223372036854775809", "1.5", "01", "1.", ".5", "+1", "0x10", "NaN", "Infinity", "-Infinity", "+INF",
+    '"10.5"', '" 10.5"', '"1e5"', '"0x10"', '"01"', '"NaN"', '"+NaN"', '"-NaN"', '"Infinity"', '"-INF"',
+    '"1.5d"', '"100"', '"-5"', '""', '" "', "true", "false", "null", "[]", "[1]", "{}", '{"a":1}',
+    '"AAPL"', '"aapl "', '"2026-01-02T00:00:00Z"', "1767312000000", '"1767312000000"', '"XNAS"', '"usd"',
+]
+
+
+def _odd_ticks() -> list[str]:
+    import json
+    import random
+
+    good = json.loads(GOOD)
+    fields = list(good)
+    values = [v for v, _ in CASES]
+    for name in fields:  # each odd value in each field, written as JSON text, not through json.dumps
+        for odd in ODD_VALUES:
+            values.append("{" + ",".join(f'"{k}":{odd if k == name else json.dumps(v)}' for k, v in good.items()) + "}")
+        values.append(_tick(**{name: ...}))
+    # a key twice: the last one counts, in both parses
+    values += [GOOD[:-1] + ',"price":"x"}', GOOD[:-1] + ',"volume":1.5}', '{"price":"x",' + GOOD[1:],
+               '{"price":1e400,' + GOOD[1:], GOOD[:-1] + ',"price":NaN}', GOOD[:-1] + ',"currency":null}']
+    rng = random.Random(7)
+    for _ in range(1500):  # ticks with one to three fields spoiled, some cut short
+        parts = dict.fromkeys(fields, None)
+        for k in fields:
+            parts[k] = json.dumps(good[k])
+        for k in rng.sample(fields, rng.randint(1, 3)):
+            if rng.random() < 0.15:
+                del parts[k]
+            else:
+                parts[k] = rng.choice(ODD_VALUES)
+        text = "{" + ",".join(f'"{k}":{v}' for k, v in parts.items()) + "}"
+        values.append(text[:rng.randint(0, len(text))] if rng.random() < 0.05 else text)
+    values += ["", "not json", "[1,2]", "null", '"a string"', "{", '{"symbol":"AAPL"']
+    return values
+
+
+def test_the_typed_parse_gives_every_tick_the_text_rules_columns_and_reason(spark):
+    import math
+
+    values = _odd_ticks()
+    df = spark.createDataFrame(list(enumerate(values)), "id long, value string")
+    columns = ["id", "symbol", "ts_ms", "event_time", "price", "volume", "bid", "ask", "exchange", "currency",
+               "reason"]
+
+    def judged(typed_first: bool) -> list[tuple]:
+        out = with_reject_reason(parse_ticks(df, typed_first=typed_first), F.lit(NOW), 5000)
+        return [tuple(r) for r in out.select(*columns).orderBy("id").collect()]
+
+    def same(a, b) -> bool:
+        return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+    fast = parse_ticks(df).filter("_fast_ok").count()
+    assert 500 < fast < len(values) - 500, fast  # both parses have work to do
+    typed, text = judged(True), judged(False)
+    assert len(typed) == len(text) == len(values)
+    differ = [(values[t[0]], t, x) for t, x in zip(typed, text, strict=True)
+              if not all(same(a, b) for a, b in zip(t, x, strict=True))]
+    assert not differ, differ[:5]
+    # the corpus reaches both parses: valid ticks, and each reason the text parse alone gives
+    reasons = {row[-1] for row in text}
+    assert None in reasons and {"not_json", "missing_field", "wrong_type", "invalid_price"} <= reasons
