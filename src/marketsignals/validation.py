@@ -1,16 +1,15 @@
 """Parse and validate raw tick JSON (SPEC §1) as pure Spark Column logic.
 
-Every field is judged as text, so a missing field, a wrong JSON type and an out-of-range value get
-different reasons. The first rule a tick breaks names its ``reason``; a valid tick has a null
+A tick's fields are judged as text, so a missing field, a wrong JSON type and an out-of-range value
+get different reasons. The first rule a tick breaks names its ``reason``; a valid tick has a null
 reason. Nothing here reads a clock: "now" (for the future-skew rule) is a Column the caller passes.
 
 Most ticks are well formed, and for them the text is not needed: each tick is first parsed with its
-numbers typed (``FAST_TICK_SCHEMA``), and only a tick that parse does not take whole (any field that
-fails to convert, a missing number, NaN or an infinity) is parsed again as text and judged field by
+numbers typed (``FAST_TICK_SCHEMA``), and only a tick that parse does not take whole (a field that
+fails to convert or is missing, NaN or an infinity) is parsed again as text and judged field by
 field. Both give a tick the same columns and reason (tests/unit/test_validation.py compares them on
-thousands of spoiled ticks); the typed parse is what keeps the JVM from rendering each number back
-to text, and the checks from matching every number against a regular expression (bench/ROUNDS.md,
-twenty-second round).
+some 2,000 spoiled ticks). The typed parse spares the JVM rendering each number back to text and
+matching it against a regular expression (bench/ROUNDS.md, twenty-second round).
 """
 
 from __future__ import annotations
