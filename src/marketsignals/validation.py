@@ -82,6 +82,17 @@ def _fast_ok(fast: Column) -> Column:
     return F.coalesce(ok, F.lit(False))
 
 
+def _not_inlined(value: Column) -> Column:
+    """``value``, in a projection Spark does not inline into later ones. Spark pushes a filter (a user's
+    ``filter(reason IS NULL)``, the backtest's) down through deterministic projections, writing each
+    column it passes as the expression that made it. Every column reads the typed-parse flag, and the
+    flag reads a dozen fields of the typed parse: written out, a filter on the reason became a 1 MB
+    plan and took 2 s to run on ten rows, against 18 KB before. ``spark_partition_id()`` is
+    nondeterministic, so the filter stops above the flag's projection: 27 KB (bench/ROUNDS.md,
+    twenty-second round). The condition always holds: the value is unchanged."""
+    return F.when(F.spark_partition_id() >= 0, value)
+
+
 def parse_ticks(df: DataFrame, value_col: str = "value", *, typed_first: bool = True) -> DataFrame:
     """Add the tick's typed columns (symbol upper-cased, ``ts_ms``, ``event_time``, price, volume,
     bid, ask, exchange, currency) parsed from the JSON text in ``value_col``, plus the parses for
@@ -90,7 +101,7 @@ def parse_ticks(df: DataFrame, value_col: str = "value", *, typed_first: bool = 
     text = F.col(value_col).cast("string")
     if typed_first:
         fast = F.from_json(text, FAST_TICK_SCHEMA, {"columnNameOfCorruptRecord": UNPARSED, "mode": "PERMISSIVE"})
-        df = df.withColumn(FAST, fast).withColumn(FAST_OK, _fast_ok(F.col(FAST)))
+        df = df.withColumn(FAST, fast).withColumn(FAST_OK, _not_inlined(_fast_ok(F.col(FAST))))
     else:
         df = df.withColumn(FAST, F.lit(None).cast(FAST_TICK_SCHEMA)).withColumn(FAST_OK, F.lit(False))
     # the text parse runs only for the ticks the typed parse did not take

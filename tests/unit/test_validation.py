@@ -164,3 +164,17 @@ def test_the_typed_parse_gives_every_tick_the_text_rules_columns_and_reason(spar
     # the corpus reaches both parses: valid ticks, and each reason the text parse alone gives
     reasons = {row[-1] for row in text}
     assert None in reasons and {"not_json", "missing_field", "wrong_type", "invalid_price"} <= reasons
+
+
+def test_a_filter_on_the_reason_keeps_a_plan_of_the_text_rules_size(spark):
+    # Spark pushes a filter down through the projections, writing out every column it passes; with
+    # the typed-parse flag written out into each column that was a 1 MB plan (bench/ROUNDS.md)
+    df = spark.createDataFrame([(v,) for v, _ in CASES[:10]], "value string")
+
+    def plan_chars(typed_first: bool) -> int:
+        checked = with_reject_reason(parse_ticks(df, typed_first=typed_first), F.lit(NOW), 5000)
+        valid = checked.filter(F.col("reason").isNull())
+        assert valid.count() == 3
+        return len(valid._jdf.queryExecution().optimizedPlan().toString())
+
+    assert plan_chars(True) < 2 * plan_chars(False)
