@@ -34,7 +34,7 @@ ORDER_KEYS: tuple[str, ...] = (TS_MS, EXCHANGE, PARTITION, OFFSET)
 # What makes two ticks exact duplicates (SPEC §1).
 DUPLICATE_KEYS: tuple[str, ...] = (SYMBOL, TS_MS, EXCHANGE, PRICE, VOLUME)
 
-# Every field parsed as text first, so a wrong JSON type is told apart from a missing field.
+# The text parse of a tick: every field as text, so a wrong JSON type is told apart from a missing field.
 RAW_TICK_SCHEMA = T.StructType([T.StructField(name, T.StringType()) for name in TICK_FIELDS])
 # The typed first parse of a tick (validation.py): numbers as numbers, the rest as text, and the column
 # where Spark names a record any of whose fields failed to convert.

@@ -125,9 +125,7 @@ def _odd_ticks() -> list[str]:
                '{"price":1e400,' + GOOD[1:], GOOD[:-1] + ',"price":NaN}', GOOD[:-1] + ',"currency":null}']
     rng = random.Random(7)
     for _ in range(1500):  # ticks with one to three fields spoiled, some cut short
-        parts = dict.fromkeys(fields, None)
-        for k in fields:
-            parts[k] = json.dumps(good[k])
+        parts = {k: json.dumps(v) for k, v in good.items()}
         for k in rng.sample(fields, rng.randint(1, 3)):
             if rng.random() < 0.15:
                 del parts[k]
