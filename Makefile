@@ -17,7 +17,7 @@ help:
 	@echo "make test     set up and run the whole test suite (starts/stops its own broker)"
 	@echo "make bench    the benchmark (bench/README.md): BENCH_ARGS='--ticks 200000 ...'"
 	@echo "make faults   the fault-injection suite's short version; make soak: the long one"
-	@echo "make jars | kafka-up | kafka-down | kafka-status | lint | package | clean"
+	@echo "make java | jars | kafka-up | kafka-down | kafka-status | lint | package | clean"
 
 setup: venv jars
 
