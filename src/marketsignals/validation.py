@@ -56,16 +56,21 @@ def _text(name: str) -> Column:
     return F.col(f"{PARSED}.{name}")
 
 
+def _taken(name: str, from_text: Column) -> Column:
+    """Field ``name`` from whichever parse the tick took: the typed parse's, or ``from_text`` (what the
+    text rules make of the field's text)."""
+    return F.when(F.col(FAST_OK), F.col(f"{FAST}.{name}")).otherwise(from_text)
+
+
 def _field(name: str) -> Column:
     """A text field (symbol, timestamp, exchange, currency) from whichever parse the tick took."""
-    return F.when(F.col(FAST_OK), F.col(f"{FAST}.{name}")).otherwise(_text(name))
+    return _taken(name, _text(name))
 
 
 def _as_double(name: str) -> Column:
     text = _text(name)
-    as_text = F.when(text.rlike(_NUMBER), text.try_cast("double")).when(
-        text.rlike(_SPECIAL_DOUBLE), F.regexp_replace(text, '"', "").try_cast("double"))
-    return F.when(F.col(FAST_OK), F.col(f"{FAST}.{name}")).otherwise(as_text)
+    return _taken(name, F.when(text.rlike(_NUMBER), text.try_cast("double")).when(
+        text.rlike(_SPECIAL_DOUBLE), F.regexp_replace(text, '"', "").try_cast("double")))
 
 
 def _fast_ok(fast: Column) -> Column:
@@ -120,8 +125,7 @@ def parse_ticks(df: DataFrame, value_col: str = "value", *, typed_first: bool = 
         .withColumn(TS_MS, ts_ms)
         .withColumn(EVENT_TIME, F.timestamp_millis(F.col(TS_MS)))
         .withColumn(PRICE, _as_double(PRICE))
-        .withColumn(VOLUME, F.when(F.col(FAST_OK), F.col(f"{FAST}.{VOLUME}"))
-                    .when(volume_text.rlike(_INTEGER), volume_text.try_cast("long")))
+        .withColumn(VOLUME, _taken(VOLUME, F.when(volume_text.rlike(_INTEGER), volume_text.try_cast("long"))))
         .withColumn(BID, _as_double(BID))
         .withColumn(ASK, _as_double(ASK))
         .withColumn(EXCHANGE, F.trim(_field(EXCHANGE)))
