@@ -39,17 +39,20 @@ def test_dict_valued_settings_take_dotted_keys():
 def test_bounded_runs_end_their_jvm_flags_with_the_bounded_java_options():
     from marketsignals.session import session_conf
 
-    s = load_settings("local", ["spark.conf.spark.driver.extraJavaOptions=-Dx=1"], env={})
+    s = load_settings("local", ["spark.conf.spark.driver.extraJavaOptions=-Dx=1",
+                                "spark.bounded_java_options=-Dy=2 -Dz=3"], env={})
     assert [t for t in ("availableNow", "once", "processingTime=1 second")
             if s.with_overrides([f"stream.trigger={t}"]).stream.bounded] == ["availableNow", "once"]
     live, bounded = session_conf(s.spark), session_conf(s.spark, {"spark.app.x": "1"}, bounded=True)
-    # a live stream: its flags as set; a bounded run (catch-up, backtest): the same, then C2's
+    # a live stream: its flags as set; a bounded run (catch-up, backtest): the same, then the bounded ones
     assert live["spark.driver.extraJavaOptions"] == "-Dx=1"
-    assert bounded["spark.driver.extraJavaOptions"] == "-Dx=1 " + s.spark.bounded_java_options
+    assert bounded["spark.driver.extraJavaOptions"] == "-Dx=1 -Dy=2 -Dz=3"
     assert bounded.pop("spark.app.x") == "1" and bounded.keys() == live.keys()
     off = s.with_overrides(['spark.bounded_java_options=""'])
     assert session_conf(off.spark, bounded=True)["spark.driver.extraJavaOptions"] == "-Dx=1"
-    # EMR: spark-submit starts the JVMs; nothing for bounded runs only
+    # both profiles: every run has the same JIT since the twenty-third round (bench/ROUNDS.md); on EMR
+    # spark-submit starts the JVMs
+    assert load_settings("local", env={}).spark.bounded_java_options == ""
     assert load_settings("emr", env={}).spark.bounded_java_options == ""
 
 
