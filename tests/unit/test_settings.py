@@ -50,9 +50,8 @@ def test_bounded_runs_end_their_jvm_flags_with_the_bounded_java_options():
     assert bounded.pop("spark.app.x") == "1" and bounded.keys() == live.keys()
     off = s.with_overrides(['spark.bounded_java_options=""'])
     assert session_conf(off.spark, bounded=True)["spark.driver.extraJavaOptions"] == "-Dx=1"
-    # both profiles: every run has the same JIT since the twenty-third round (bench/ROUNDS.md); on EMR
-    # spark-submit starts the JVMs
-    assert load_settings("local", env={}).spark.bounded_java_options == ""
+    # EMR: spark-submit starts the JVMs; nothing for bounded runs only (the local profile's bounded runs get
+    # its live flags: tests/unit/test_local_jvm.py)
     assert load_settings("emr", env={}).spark.bounded_java_options == ""
 
 
