@@ -6,6 +6,8 @@ from __future__ import annotations
 import pickle
 import re
 
+import pytest
+
 from conftest import ROOT
 from marketsignals.settings import load_settings
 from marketsignals.stream import state
@@ -37,3 +39,22 @@ def test_the_handler_bench_runs_and_its_digest_follows_rows_and_states(monkeypat
     states[0].update((state.STATE_FORMAT, pickle.dumps((4, {}))))
     assert handler.digest(outputs, states) != handler.digest(*handler.run(work, state.make_handler(cfg, 4),
                                                                           cfg.watermark_delay_ms))
+
+
+def test_repeated_runs_start_from_empty_state_and_print_the_least_cpu(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import handler
+
+    tiny = ["--ticks", "2000", "--symbols", "20", "--per-batch", "1000", "--buckets", "2"]
+    assert handler.main(tiny) == 0
+    once = capsys.readouterr().out
+    assert handler.main([*tiny, "--repeat", "3"]) == 0
+    thrice = capsys.readouterr().out
+    assert "(least of 3, median " in thrice and "least of" not in once
+    # each run from empty states: the last one's rows and states are a single run's
+    result = re.compile(r"[\d,]+ rows, digest \w+")
+    assert result.search(thrice).group(0) == result.search(once).group(0)
+    with pytest.raises(SystemExit) as stop:
+        handler.main([*tiny, "--repeat", "0"])
+    assert stop.value.code == 2
+    assert "--repeat must be at least 1, not 0" in capsys.readouterr().err
