@@ -56,7 +56,6 @@ from marketsignals.settings import StrategySettings
 KIND = "kind"
 KIND_SIGNAL, KIND_REJECT, KIND_COUNT = "signal", "reject", "count"
 PROCESSED = "processed"
-KEY = "key"  # a tick's duplicate key (_keys), carried from _prepare to _compute
 
 # What the kernel emits: signal records (minus emitted_at, stamped by the sink), reject records
 # and one count row per call, in one flat schema so Spark needs a single stateful operator.
@@ -165,10 +164,11 @@ def _ordered(ticks: Columns) -> Columns:
     return _take(ticks, np.lexsort((ticks[OFFSET], ticks[PARTITION], ticks[EXCHANGE].astype(str), ts)))
 
 
-def _keys(ticks: Columns) -> list[str]:
-    """Exact-duplicate keys (SPEC §1: symbol, timestamp, exchange, price, volume; symbol is the group)."""
-    return [f"{t}|{e}|{p!r}|{v}" for t, e, p, v in zip(ticks[TS_MS].tolist(), ticks[EXCHANGE].tolist(),
-                                                        ticks[PRICE].tolist(), ticks[VOLUME].tolist(), strict=True)]
+def _keys(ticks: Columns, which: slice | np.ndarray = slice(None)) -> list[str]:
+    """Exact-duplicate keys (SPEC §1: symbol, timestamp, exchange, price, volume; symbol is the group)
+    of the ticks ``which`` selects (all by default)."""
+    t, e, p, v = (ticks[c][which].tolist() for c in (TS_MS, EXCHANGE, PRICE, VOLUME))
+    return [f"{t}|{e}|{p!r}|{v}" for t, e, p, v in zip(t, e, p, v, strict=True)]
 
 
 def columns_of(frame: pd.DataFrame) -> Columns:
@@ -255,20 +255,8 @@ def _prepare(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
         high_water = top if high_water is None else max(high_water, top)
 
     ticks = _ordered(ticks)
-    keys = _keys(ticks)
-    ticks = {**ticks, KEY: np.array(keys, dtype=object)}  # kept for the state's recent keys (_compute)
-    seen = set(state.recent)
-    if state.has_pending:  # a duplicate has the same event time: only pending ticks at a new tick's time can be one
-        same_time = np.isin(state.pending[TS_MS], ticks[TS_MS])
-        if same_time.any():
-            seen.update(_keys(_take(state.pending, same_time)))
-    if len(set(keys)) < len(keys) or not seen.isdisjoint(keys):
-        dup = np.zeros(len(keys), dtype=bool)
-        for i, key in enumerate(keys):
-            if key in seen:
-                dup[i] = True
-            else:
-                seen.add(key)
+    dup = _duplicates(ticks, state)
+    if dup is not None:
         out.add_rejects(_take(ticks, dup), Reason.DUPLICATE)
         ticks = _take(ticks, ~dup)
 
@@ -292,6 +280,47 @@ def _prepare(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
             ticks = _take(ticks, ~older)
     return out, ticks, SymbolState(history=state.history, last_ts=state.last_ts, high_water=high_water,
                                    recent=state.recent, last_action=state.last_action, pending=pending)
+
+
+def _duplicates(ticks: Columns, state: SymbolState) -> np.ndarray | None:
+    """Which of a symbol's new ticks (in SPEC §2 order) are exact copies of a tick seen before: a
+    recent processed one, a waiting one (event_time mode) or an earlier one of the same call; None
+    when none is. A copy has its original's event time, so only a tick at a time another new tick
+    shares, at or before the last processed tick's, or at a waiting tick's can be one, and only
+    their keys are built. (No recent key is newer than the last processed tick: each call processes
+    its ticks in event-time order, none older than the last one -- arrival mode rejects those, and
+    event_time mode releases only ticks the watermark has passed, newer than any released before.)
+    Most ticks are none of those: at 100 symbols a batch holds ~2,000 ticks a symbol, whose keys were
+    all built before; now the keys the state keeps are built for its last 49 ticks (_compute)."""
+    ts = ticks[TS_MS]
+    n = len(ts)
+    candidate = None
+    if n > 1:
+        shared = ts[1:] == ts[:-1]
+        if shared.any():
+            candidate = np.zeros(n, dtype=bool)
+            candidate[1:] |= shared
+            candidate[:-1] |= shared
+    if n and state.last_ts is not None and ts[0] <= state.last_ts:
+        candidate = (ts <= state.last_ts) if candidate is None else candidate | (ts <= state.last_ts)
+    waiting_keys = []
+    if state.has_pending:
+        same_time = np.isin(state.pending[TS_MS], ts)
+        if same_time.any():
+            waiting_keys = _keys(state.pending, same_time)
+            waiting = np.isin(ts, state.pending[TS_MS][same_time])
+            candidate = waiting if candidate is None else candidate | waiting
+    if candidate is None:
+        return None
+    seen = {*state.recent, *waiting_keys}
+    index = np.flatnonzero(candidate)
+    dup = np.zeros(n, dtype=bool)
+    for i, key in zip(index.tolist(), _keys(ticks, index), strict=True):
+        if key in seen:
+            dup[i] = True
+        else:
+            seen.add(key)
+    return dup if dup.any() else None
 
 
 def _none_late(ts: np.ndarray, high_water: int | None, watermark_ms: int, cfg: KernelConfig) -> bool:
@@ -353,7 +382,7 @@ def _compute(symbols: list[str], ready: list[Columns], states: list[SymbolState]
             continue  # a later series of the same symbol starts afresh
         done = ready[call]
         last = slice(max(lo, hi - indicators.HISTORY), hi)
-        recent = (*begin.recent, *(done[KEY][last].tolist() if KEY in done else _keys(_take(done, last))))
+        recent = (*begin.recent, *_keys(done, last))
         states[call] = SymbolState(history=tails[k], last_ts=int(done[TS_MS][hi - 1]), high_water=begin.high_water,
                                    recent=recent[-indicators.HISTORY:], last_action=str(action[first[k] + hi - lo - 1]),
                                    pending=begin.pending)

@@ -72,6 +72,52 @@ def test_in_event_time_mode_a_copy_of_a_tick_still_waiting_is_a_duplicate():
     assert rejects(again) == ["duplicate"]  # the same tick; another price at the same time is not one
     assert again.output[again.output.kind == "reject"].offset.tolist() == [2]
     assert sorted(again.state.pending["price"].tolist()) == [10.0, 11.0, 11.5, 12.0]
+    # a lone copy, its time unlike any processed tick's: only the waiting ticks' keys can catch it
+    lone = run(ticks([T0 + 2000], price=[12.0], offsets=[5]), state=again.state, cfg=cfg, watermark=T0 - 1)
+    assert rejects(lone) == ["duplicate"] and len(lone.state.pending["ts_ms"]) == 4
+
+
+def _all_keys_duplicates(ticks, state):
+    """The duplicate rule with every tick's key built (the kernel builds only the keys a copy could have)."""
+    seen = set(state.recent)
+    if state.has_pending:
+        seen.update(kernel._keys(state.pending))
+    dup = np.zeros(len(ticks["ts_ms"]), dtype=bool)
+    for i, key in enumerate(kernel._keys(ticks)):
+        dup[i] = key in seen
+        seen.add(key)
+    return dup
+
+
+@pytest.mark.parametrize("ordering", ["arrival", "event_time"])
+def test_duplicates_found_from_a_few_keys_are_those_found_from_all(ordering, monkeypatch):
+    # copies of recent, waiting and same-call ticks, ticks sharing a time but not a price, older ticks
+    calls, few_keys = [], kernel._duplicates
+
+    def both(ticks, state):
+        got = few_keys(ticks, state)
+        want = _all_keys_duplicates(ticks, state)
+        calls.append(int(want.sum()))
+        assert (np.zeros(len(want), dtype=bool) if got is None else got).tolist() == want.tolist()
+        return got
+
+    monkeypatch.setattr(kernel, "_duplicates", both)
+    cfg = KernelConfig(strategy=StrategySettings(), ordering=ordering, watermark_delay_ms=5_000)
+    rng = np.random.default_rng(11)
+    state, offset, seen = SymbolState(), 0, []
+    for batch in range(40):
+        n = int(rng.integers(1, 30))
+        ts = T0 + batch * 2_000 + rng.integers(-3_000, 2_000, n) // 250 * 250  # shared times, some older
+        price = rng.choice([10.0, 10.5, 11.0], n)
+        rows = [(int(t), float(p)) for t, p in zip(ts, price, strict=True)]
+        if seen:  # copies of earlier ticks, and of the newest one (at the last processed tick's time)
+            rows += [seen[int(i)] for i in rng.integers(0, len(seen), 3)] + [max(seen)] * int(rng.integers(0, 2))
+        seen += rows
+        ts, price = [t for t, _ in rows], [p for _, p in rows]
+        frame = ticks(ts, price=price, offsets=range(offset, offset + len(rows)))
+        offset += len(rows)
+        state = run(frame, state=state, cfg=cfg, watermark=T0 + batch * 2_000 - 5_000).state
+    assert len(calls) == 40 and sum(calls) > 40
 
 
 def with_validation_reject(frame):
