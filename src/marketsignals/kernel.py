@@ -290,8 +290,8 @@ def _duplicates(ticks: Columns, state: SymbolState) -> np.ndarray | None:
     their keys are built. (No recent key is newer than the last processed tick: each call processes
     its ticks in event-time order, none older than the last one -- arrival mode rejects those, and
     event_time mode releases only ticks the watermark has passed, newer than any released before.)
-    Most ticks are none of those: at 100 symbols a batch holds ~2,000 ticks a symbol, whose keys were
-    all built before; now the keys the state keeps are built for its last 49 ticks (_compute)."""
+    Most ticks are none of those: at 100 symbols a batch holds ~2,000 ticks a symbol, and the state
+    keeps the keys of the last 49 processed ones only (built in _compute)."""
     ts = ticks[TS_MS]
     n = len(ts)
     candidate = None

@@ -110,7 +110,7 @@ def test_duplicates_found_from_a_few_keys_are_those_found_from_all(ordering, mon
         ts = T0 + batch * 2_000 + rng.integers(-3_000, 2_000, n) // 250 * 250  # shared times, some older
         price = rng.choice([10.0, 10.5, 11.0], n)
         rows = [(int(t), float(p)) for t, p in zip(ts, price, strict=True)]
-        if seen:  # copies of earlier ticks, and of the newest one (at the last processed tick's time)
+        if seen:  # copies of earlier ticks and of the newest one (the last processed tick, in arrival mode)
             rows += [seen[int(i)] for i in rng.integers(0, len(seen), 3)] + [max(seen)] * int(rng.integers(0, 2))
         seen += rows
         ts, price = [t for t, _ in rows], [p for _, p in rows]
