@@ -30,7 +30,9 @@ from marketsignals import feed
 
 pytestmark = pytest.mark.faults
 
-STOPS = 2
+STOPS = 2  # stops at least; more, up to MAX_STOPS, until one cuts a batch's jobs
+MAX_STOPS = 4  # (a stop can land in a batch's planning or between its jobs: a fresh clone's CI run saw
+               # that twice in a row once, on a slow VM with each restarted JVM still compiling)
 BATCH = 10_000  # ticks a batch (maxOffsetsPerTrigger)
 # the stream thread dying, the query failing ("terminated with error": Spark's own ERROR lines about
 # tasks killed in a shuffle read may appear), and a line per batch (unpersisting each batch's
@@ -44,12 +46,12 @@ def test_sigterm_in_the_middle_of_a_batch_stops_cleanly_and_replays_it(spark, ka
                                      "spark.log_level=WARN",  # the profile's level (the tests' is ERROR)
                                      f"spark.conf.spark.local.dir={tmp_path}/spark-local")
     sent = produce_recorded(settings.kafka, feed.generate(feed.FeedOptions(
-        symbols=feed.symbol_names(20), count=(2 * STOPS + 1) * BATCH, start_ms=START_MS, seed=31,
+        symbols=feed.symbol_names(20), count=(2 * MAX_STOPS + 1) * BATCH, start_ms=START_MS, seed=31,
         topics=tuple(settings.kafka.topics))))
     job = JobProcess(write_settings(settings, tmp_path / "job.yaml"), tmp_path / "job")
     stopped_in, cut = [], []
     try:
-        for _ in range(STOPS):
+        while len(cut) < STOPS or (not any(cut) and len(cut) < MAX_STOPS):
             job.start()
             start = Progress.of(settings)
 
@@ -81,4 +83,5 @@ def test_sigterm_in_the_middle_of_a_batch_stops_cleanly_and_replays_it(spark, ka
     catch_up(spark, settings)
     expected = expected_signals(spark, settings)
     assert len(expected) > 50
-    figures.add(messages=len(sent), stops=STOPS, **assert_audit_exactly(audit_signals(spark, settings), expected))
+    figures.add(messages=len(sent), stops=len(cut), cut=sum(cut),
+                **assert_audit_exactly(audit_signals(spark, settings), expected))
