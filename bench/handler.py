@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(this VM's speed drifts by tens of percent between runs)")
     p.add_argument("--profile", action="store_true")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error(f"--repeat must be at least 1, not {args.repeat}")
     if args.code:
         sys.path.insert(0, str(Path(args.code).resolve() / "src"))
         for name in [m for m in sys.modules if m == "marketsignals" or m.startswith("marketsignals.")]:
@@ -149,8 +151,6 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, ordering=args.ordering)
     buckets = args.buckets or settings.stream.state_buckets
     work = batches(args.ticks, args.symbols, args.per_batch, buckets)
-    if args.repeat < 1:
-        p.error(f"--repeat must be at least 1, not {args.repeat}")
     cpu = []
     for _ in range(args.repeat):
         handler = state.make_handler(cfg, buckets)
