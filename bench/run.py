@@ -21,11 +21,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import jfr
 from bench.env import WORK, BenchBroker
 from bench.procs import NMT_OPTION, Sampler
 from bench.workload import ROOT, Workload, run_feeder, write_records
 
 RESULTS = Path(__file__).with_name("results")
+PROFILED = {"a_ceiling": "a", "b_product": "b", "e_scale": "e"}  # the runs --jfr records, by work folder
 
 
 CODE: Path | None = None  # --code: measure another checkout's product (its src/ and conf/), e.g. a baseline
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak-rate", type=float, default=5000.0)
     p.add_argument("--nmt", action="store_true",
                    help="the soak's JVM tracks its native memory (jcmd every 30 s): its growth by category")
+    p.add_argument("--jfr", action="store_true",
+                   help="record a JFR CPU profile of (a), (b) and (e)'s JVM and summarise it (bench/jfr.py)")
     p.add_argument("--skip", default="", help="comma list of a,b,c,d,e")
     p.add_argument("--bootstrap", help="use this broker instead of starting one")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra settings for (b),(d),(e)")
@@ -128,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
+    def profiled(folder: str) -> dict:  # the recording goes beside the run's work folder, which the run empties
+        return {"jfr": str(work / f"{folder}.jfr")} if args.jfr else {}
+
     try:
         base = f"b{stamp.lower()}"
         if not {"a", "b", "c"} <= skip:
@@ -141,12 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         product_set = [*main_topics, "kafka.starting_offsets=earliest", "stream.trigger=availableNow", *extra]
         if "a" not in skip:
             log("(a) ceiling: Kafka -> from_json -> noop")
-            runs["a_ceiling"] = spark_run("ceiling", {**common, "work": str(work / "a"), "overrides": product_set},
-                                          timeout)
+            runs["a_ceiling"] = spark_run("ceiling", {**common, "work": str(work / "a"), "overrides": product_set,
+                                                       **profiled("a")}, timeout)
         if "b" not in skip:
             log("(b) product, availableNow")
-            runs["b_product"] = spark_run("product", {**common, "work": str(work / "b"), "overrides": product_set},
-                                          timeout)
+            runs["b_product"] = spark_run("product", {**common, "work": str(work / "b"), "overrides": product_set,
+                                                       **profiled("b")}, timeout)
         if "c" not in skip:
             log("(c) simple Python consumer")
             signals_topic = f"{base}-s{args.symbols}-simple-signals"
@@ -160,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"(e) product over {args.scale_symbols:,} symbols")
             scale_set = [*topic_overrides(f"{base}-s{args.scale_symbols}", args.partitions),
                          "kafka.starting_offsets=earliest", "stream.trigger=availableNow", *extra]
-            runs["e_scale"] = spark_run("product", {**common, "work": str(work / "e"), "overrides": scale_set},
-                                        timeout)
+            runs["e_scale"] = spark_run("product", {**common, "work": str(work / "e"), "overrides": scale_set,
+                                                    **profiled("e")}, timeout)
         rates = [float(r) for r in args.rates.split(",") if r.strip()] if "d" not in skip else []
         for rate in rates:
             log(f"(d) latency at {rate:,.0f} ticks/s for {args.rate_seconds:.0f}s")
@@ -174,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.bootstrap:
             broker.stop()
     results["host"]["load_avg_end"] = os.getloadavg()
+    if args.jfr:
+        for name, folder in PROFILED.items():
+            recording = work / f"{folder}.jfr"
+            if name in runs and recording.exists():
+                runs[name]["jfr"] = jfr.summarize(recording)
     from bench.report import chart, table
 
     out = Path(args.out)
@@ -181,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     path = out / f"{stamp}.json"
     path.write_text(json.dumps(results, indent=2, default=str))
     print(table(results))
+    for name in PROFILED:
+        if "jfr" in runs.get(name, {}):
+            print("\n".join(jfr.lines(f"JVM profile of {name}", runs[name]["jfr"])))
     png = chart(results, out / f"{stamp}.png")
     print(f"results: {path}\nchart:   {png}")
     return 0

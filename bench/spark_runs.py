@@ -219,6 +219,10 @@ def main(argv: list[str]) -> int:
     work.mkdir(parents=True)
     settings = bench_settings(args["bootstrap"], *args["overrides"], f"stream.checkpoint={work}/checkpoint",
                               f"stream.audit_table={work}/audit", f"stream.metrics_path={work}/metrics.jsonl")
+    if args.get("jfr"):  # bench.run --jfr: a CPU profile of this run's JVM, written when the JVM exits
+        record = f"-XX:StartFlightRecording=filename={args['jfr']},settings=profile"
+        flags = [settings.spark.bounded_java_options, record]
+        settings = settings.with_overrides([f"spark.bounded_java_options={' '.join(f for f in flags if f)}"])
     if scenario == "ceiling":
         result = ceiling(settings, work)
     elif scenario == "product":

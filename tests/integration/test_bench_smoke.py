@@ -20,7 +20,7 @@ def test_bench_harness_writes_its_json_table_and_chart(kafka_broker, tmp_path, c
     code = run.main(["--bootstrap", kafka_broker.bootstrap, "--ticks", "3000", "--symbols", "20",
                      "--scale-symbols", "200", "--rates", "300", "--rate-seconds", "4", "--partitions", "1",
                      "--set", "spark.conf.spark.sql.execution.arrow.maxRecordsPerBatch=5000",
-                     "--out", str(tmp_path)])
+                     "--jfr", "--out", str(tmp_path)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "(b) product" in printed and "b/a =" in printed and "feed rate" in printed
@@ -38,3 +38,9 @@ def test_bench_harness_writes_its_json_table_and_chart(kafka_broker, tmp_path, c
     assert 0 < state[0][0] <= start + 0.5 and all(t < end + 180 for t, _ in state), (start, end, state)
     assert any(t > start and b > 0 for t, b in state), state
     assert list(tmp_path.glob("*.png"))
+    # --jfr: each Spark run's JVM recorded and summarised (bench/jfr.py); (b)'s tasks read through a shuffle map
+    for name in ("a_ceiling", "b_product", "e_scale"):
+        profile = runs[name]["jfr"]
+        assert "error" not in profile and profile["task_samples"] > 0, profile
+        assert f"JVM profile of {name}:" in printed
+    assert any(stage.startswith("shuffle map") for stage in runs["b_product"]["jfr"]["stages"])
