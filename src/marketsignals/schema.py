@@ -136,6 +136,16 @@ SIGNAL_SCHEMA = T.StructType(
 )
 SIGNAL_COLUMNS: tuple[str, ...] = tuple(f.name for f in SIGNAL_SCHEMA.fields)
 
+# The signal columns whose values almost never repeat: ids (hashes), and ratios and averages of prices.
+# Parquet builds a dictionary for every column of every file it writes and, where the dictionary saves
+# nothing, writes the column plain after all: for these it always did, after a third of the audit
+# write's CPU spent on hash tables (bench/ROUNDS.md, twenty-fifth round), so the session writes them
+# plain from the start (session.BASE_CONF). Price, bid, ask, volume and the spreads keep the dictionary:
+# on a real feed they repeat on the tick grid.
+PLAIN_ENCODED_COLUMNS: tuple[str, ...] = (
+    SIGNAL_ID, CONFIDENCE, RISK_SCORE, "volatility", PRICE_CHANGE_PCT, SPREAD_PCT, VWAP, SMA_20, SMA_50, VOLATILITY_20,
+)
+
 # The dead-letter record (SPEC §1).
 DEAD_LETTER_SCHEMA = T.StructType(
     [

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from marketsignals.schema import PLAIN_ENCODED_COLUMNS
 from marketsignals.settings import SparkSettings
 
 REQUIRED_JARS = ("spark-sql-kafka-0-10_2.13-", "spark-token-provider-kafka-0-10_2.13-", "kafka-clients-",
@@ -28,6 +29,9 @@ BASE_CONF: dict[str, str] = {
     # table every stream.audit_compact_interval commits, and a compacted file of 64 MB or more is left
     # as it is, not rewritten with every compaction until it reaches 1 GB (stream/sinks.py, AuditMaintenance).
     "spark.databricks.delta.optimize.minFileSize": str(64 * 1024 * 1024),
+    # Parquet writes these columns plain, without first building a dictionary it would drop (schema.py):
+    # the session's settings reach Delta's and Spark's Parquet writers through their Hadoop conf.
+    **{f"parquet.enable.dictionary#{column}": "false" for column in PLAIN_ENCODED_COLUMNS},
     # Secrets never reach the UI, event logs or metrics (sasl.jaas.config carries a password).
     "spark.redaction.regex": "(?i)secret|password|token|access[.]key|jaas|credential",
     "spark.sql.redaction.options.regex": "(?i)url|secret|password|token|jaas|credential|key[.]password",

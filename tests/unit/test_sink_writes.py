@@ -48,6 +48,27 @@ def test_a_materialised_batch_keeps_its_rows_and_is_freed(spark):
     assert spark.sparkContext._jsc.getPersistentRDDs().size() == persisted
 
 
+def test_the_audit_tables_continuous_columns_are_written_plain(spark, tmp_path):
+    """The session's Parquet setting reaches Delta's writer: the continuous columns are plain even where
+    their values repeat (a dictionary would then be kept), while another repeating column keeps one."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from marketsignals.schema import PLAIN_ENCODED_COLUMNS, SIGNAL_ID
+
+    values = [f"CAST(id % 3 AS {'string' if c == SIGNAL_ID else 'double'}) AS {c}" for c in PLAIN_ENCODED_COLUMNS]
+    rows = spark.range(300).selectExpr(*values, "CAST(id % 3 AS string) AS symbol")
+    rows.coalesce(1).write.format("delta").save(str(tmp_path / "audit"))
+    (file,) = Path(tmp_path / "audit").glob("*.parquet")
+    chunks = pq.ParquetFile(file).metadata.row_group(0)
+    encodings = {chunks.column(i).path_in_schema: chunks.column(i) for i in range(chunks.num_columns)}
+    assert encodings["symbol"].dictionary_page_offset is not None  # repeating values: a dictionary by default
+    for column in PLAIN_ENCODED_COLUMNS:
+        chunk = encodings[column]
+        assert chunk.dictionary_page_offset is None and not any("DICTIONARY" in e for e in chunk.encodings), column
+
+
 def test_the_last_audited_batch_is_the_newest_commit_tagged_with_the_query(spark, tmp_path):
     table = str(tmp_path / "audit")
     assert last_audited_batch(spark, table, "q-a") == -1  # no table yet
