@@ -1,7 +1,7 @@
 """Where a Spark run's JVM spends its CPU: a JFR recording summarised (``bench.run --jfr``).
 
-``bench.run --jfr`` records (a), (b) and (e) with JFR's ``profile`` settings (execution samples every
-10 ms per running thread, allocation samples, GC events) and adds this summary to each run's JSON
+``bench.run --jfr`` records (a), (b) and (e) with JFR's ``profile`` settings (stack samples of the running
+Java threads every 10 ms, allocation samples, GC events) and adds this summary to each run's JSON
 and to its printed table. By hand: ``python -m bench.jfr RECORDING.jfr``.
 
 A Spark task thread's sample is put in a stage by what runs the task (a shuffle map task reads,

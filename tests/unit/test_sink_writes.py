@@ -61,11 +61,11 @@ def test_the_audit_tables_continuous_columns_are_written_plain(spark, tmp_path):
     rows = spark.range(300).selectExpr(*values, "CAST(id % 3 AS string) AS symbol")
     rows.coalesce(1).write.format("delta").save(str(tmp_path / "audit"))
     (file,) = Path(tmp_path / "audit").glob("*.parquet")
-    chunks = pq.ParquetFile(file).metadata.row_group(0)
-    encodings = {chunks.column(i).path_in_schema: chunks.column(i) for i in range(chunks.num_columns)}
-    assert encodings["symbol"].dictionary_page_offset is not None  # repeating values: a dictionary by default
+    group = pq.ParquetFile(file).metadata.row_group(0)
+    chunks = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+    assert chunks["symbol"].dictionary_page_offset is not None  # repeating values: a dictionary by default
     for column in PLAIN_ENCODED_COLUMNS:
-        chunk = encodings[column]
+        chunk = chunks[column]
         assert chunk.dictionary_page_offset is None and not any("DICTIONARY" in e for e in chunk.encodings), column
 
 
