@@ -36,14 +36,16 @@ from marketsignals.schema import (
     Reason,
 )
 
-_NUMBER = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$"
+# The patterns end in \z, the end of the text: Java's $ also matches before a final line break, so with
+# it "AAPL\n" was a valid symbol (and "USD\n" a currency, "10.5\n" a price; the casts trim the break).
+_NUMBER = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?\z"
 # from_json renders JSON NaN / Infinity / 1e400 into a string field as "NaN" / "Infinity" (with quotes)
-_SPECIAL_DOUBLE = r'^"?(NaN|[+-]?Infinity|[+-]?INF)"?$'
-_INTEGER = r"^-?[0-9]+$"
-_SYMBOL = r"^[A-Z0-9._:-]{1,32}$"
-_CURRENCY = r"^[A-Za-z]{3}$"
+_SPECIAL_DOUBLE = r'^"?(NaN|[+-]?Infinity|[+-]?INF)"?\z'
+_INTEGER = r"^-?[0-9]+\z"
+_SYMBOL = r"^[A-Z0-9._:-]{1,32}\z"
+_CURRENCY = r"^[A-Za-z]{3}\z"
 # ISO-8601 with an explicit zone (Z or +hh:mm / +hhmm); the date-time part is checked by the cast.
-_ISO_WITH_ZONE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$"
+_ISO_WITH_ZONE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})\z"
 
 PARSED = "_tick"  # the fields as text (null for a tick the typed parse took whole)
 FAST = "_fast"  # the typed parse

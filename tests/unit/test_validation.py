@@ -63,6 +63,14 @@ CASES = [
     (_tick(volume=10**20), "wrong_type"),  # beyond a long
     (_tick(price="Infinity"), "invalid_price"),
     (_tick(bid="1e400", ask=1e400), "invalid_quote"),
+    # a line break at the end is no part of the field: Java's `$` would match before it (`\z` does not)
+    (_tick(symbol="aapl\n"), "invalid_symbol"),
+    (_tick(symbol="AAPL\r\n"), "invalid_symbol"),
+    (_tick(currency="USD\n"), "invalid_currency"),
+    (_tick(timestamp="2026-01-02T00:00:00.000Z\n"), "invalid_timestamp"),
+    (_tick(timestamp=f"{NOW - 1000}\u2028"), "invalid_timestamp"),
+    (_tick(price="10.5\n"), "wrong_type"),
+    (_tick(volume="100\n"), "wrong_type"),
 ]
 
 
@@ -106,6 +114,7 @@ ODD_VALUES = [
     '"10.5"', '" 10.5"', '"1e5"', '"0x10"', '"01"', '"NaN"', '"+NaN"', '"-NaN"', '"Infinity"', '"-INF"',
     '"1.5d"', '"100"', '"-5"', '""', '" "', "true", "false", "null", "[]", "[1]", "{}", '{"a":1}',
     '"AAPL"', '"aapl "', '"2026-01-02T00:00:00Z"', "1767312000000", '"1767312000000"', '"XNAS"', '"usd"',
+    '"AAPL\\n"', '"10.5\\n"', '"NaN\\n"', '"2026-01-02T00:00:00Z\\n"', '"usd\\r\\n"',
 ]
 
 
