@@ -33,8 +33,9 @@ SCRAM_MECHANISM = "SCRAM-SHA-256"
 SCRAM_LOGIN_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
 LISTENER = "SASL_SSL"
 # StorageTool parses "[name=...,password=...]": keep generated and accepted passwords to a safe alphabet.
-_SAFE_PASSWORD = re.compile(r"^[A-Za-z0-9_\-.~]{8,128}$")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
+# \Z, not $: Python's $ also matches before a final line break, which would let "name\n" through.
+_SAFE_PASSWORD = re.compile(r"^[A-Za-z0-9_\-.~]{8,128}\Z")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_\-.]{1,64}\Z")
 
 
 class SecurityError(RuntimeError):

@@ -215,6 +215,13 @@ def test_client_options_translate_for_the_python_clients(tmp_path):
     assert "s3cret-password" not in repr(user)
 
 
+@pytest.mark.parametrize(("name", "password"), [("app\n", "s3cret-password"), ("app", "s3cret-password\n"),
+                                                ("app", "s3cret pass"), ("", "s3cret-password")])
+def test_a_scram_user_outside_the_safe_alphabet_is_refused(name, password):
+    with pytest.raises(security.SecurityError, match="SCRAM"):
+        ScramUser(name, password)
+
+
 @pytest.mark.parametrize("generator", ["cryptography", "openssl"])
 def test_the_local_ca_signs_a_certificate_python_and_java_accept(tmp_path, generator):
     make = security._generate_with_cryptography if generator == "cryptography" else security._generate_with_openssl
