@@ -84,8 +84,8 @@ def _frames(event: str) -> list[str]:
     return [f for f in frames if f and f != "..."]
 
 
-def _thread(event: str, key: str = "sampledThread") -> str:
-    match = re.search(rf'{key} = "([^"]*)"', event)
+def _thread(event: str) -> str:
+    match = re.search(r'sampledThread = "([^"]*)"', event)
     return match.group(1) if match else ""
 
 

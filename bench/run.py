@@ -132,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    def profiled(folder: str) -> dict:  # the recording goes beside the run's work folder, which the run empties
-        return {"jfr": str(work / f"{folder}.jfr")} if args.jfr else {}
+    def recording(folder: str) -> Path:  # beside the run's work folder, which the run empties first
+        return work / f"{folder}.jfr"
+
+    def profiled(folder: str) -> dict:
+        return {"jfr": str(recording(folder))} if args.jfr else {}
 
     try:
         base = f"b{stamp.lower()}"
@@ -183,9 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     results["host"]["load_avg_end"] = os.getloadavg()
     if args.jfr:
         for name, folder in PROFILED.items():
-            recording = work / f"{folder}.jfr"
-            if name in runs and recording.exists():
-                runs[name]["jfr"] = jfr.summarize(recording)
+            if name in runs and recording(folder).exists():
+                runs[name]["jfr"] = jfr.summarize(recording(folder))
     from bench.report import chart, table
 
     out = Path(args.out)

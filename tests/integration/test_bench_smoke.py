@@ -39,7 +39,7 @@ def test_bench_harness_writes_its_json_table_and_chart(kafka_broker, tmp_path, c
     assert any(t > start and b > 0 for t, b in state), state
     assert list(tmp_path.glob("*.png"))
     # --jfr: each Spark run's JVM recorded and summarised (bench/jfr.py); (b)'s tasks read through a shuffle map
-    for name in ("a_ceiling", "b_product", "e_scale"):
+    for name in run.PROFILED:
         profile = runs[name]["jfr"]
         assert "error" not in profile and profile["task_samples"] > 0, profile
         assert f"JVM profile of {name}:" in printed
