@@ -30,8 +30,10 @@ BASE_CONF: dict[str, str] = {
     # as it is, not rewritten with every compaction until it reaches 1 GB (stream/sinks.py, AuditMaintenance).
     "spark.databricks.delta.optimize.minFileSize": str(64 * 1024 * 1024),
     # Parquet writes these columns plain, without first building a dictionary it would drop (schema.py):
-    # the session's settings reach Delta's and Spark's Parquet writers through their Hadoop conf.
-    **{f"parquet.enable.dictionary#{column}": "false" for column in PLAIN_ENCODED_COLUMNS},
+    # spark.hadoop.* reaches Delta's and Spark's Parquet writers through their Hadoop conf. (Without the
+    # prefix the settings reached them too, as session options, but spark-submit, which starts a local
+    # session's JVM, printed "Warning: Ignoring non-Spark config property" for each of them.)
+    **{f"spark.hadoop.parquet.enable.dictionary#{column}": "false" for column in PLAIN_ENCODED_COLUMNS},
     # Secrets never reach the UI, event logs or metrics (sasl.jaas.config carries a password).
     "spark.redaction.regex": "(?i)secret|password|token|access[.]key|jaas|credential",
     "spark.sql.redaction.options.regex": "(?i)url|secret|password|token|jaas|credential|key[.]password",

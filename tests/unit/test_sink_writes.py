@@ -69,6 +69,17 @@ def test_the_audit_tables_continuous_columns_are_written_plain(spark, tmp_path):
         assert chunk.dictionary_page_offset is None and not any("DICTIONARY" in e for e in chunk.encodings), column
 
 
+def test_the_session_sets_spark_properties_only():
+    # spark-submit, which starts a local session's JVM, warns "Ignoring non-Spark config property" for any
+    # other key (the Parquet settings above did, as parquet.enable.dictionary#...): spark.hadoop.* instead
+    from marketsignals.session import session_conf
+    from marketsignals.settings import load_settings
+
+    for profile in ("local", "emr"):
+        conf = session_conf(load_settings(profile, env={}).spark)
+        assert [key for key in conf if not key.startswith("spark.")] == [], profile
+
+
 def test_the_last_audited_batch_is_the_newest_commit_tagged_with_the_query(spark, tmp_path):
     table = str(tmp_path / "audit")
     assert last_audited_batch(spark, table, "q-a") == -1  # no table yet
