@@ -114,9 +114,10 @@ def parse_ticks(df: DataFrame, value_col: str = "value", *, typed_first: bool = 
     # the text parse runs only for the ticks the typed parse did not take
     df = df.withColumn(PARSED, F.when(~F.col(FAST_OK), F.from_json(text, RAW_TICK_SCHEMA)))
     ts_text = _field(TIMESTAMP)
-    iso_ms = F.unix_millis(F.try_to_timestamp(F.regexp_replace(ts_text, " ", "T")))
-    ts_ms = F.when(ts_text.rlike(_INTEGER), ts_text.try_cast("long")).when(
-        ts_text.rlike(_ISO_WITH_ZONE), iso_ms
+    iso_ms = F.unix_millis(F.try_to_timestamp(F.replace(ts_text, F.lit(" "), F.lit("T"))))
+    # an ISO stamp has a colon (hh:mm) and an integer none: one regular expression a stamp, not two
+    ts_ms = F.when(ts_text.contains(":"), F.when(ts_text.rlike(_ISO_WITH_ZONE), iso_ms)).when(
+        ts_text.rlike(_INTEGER), ts_text.try_cast("long")
     )
     # outside Spark's timestamp range (years 1-9999) a stamp is invalid, not a crash: under ANSI mode
     # timestamp_millis(9223372036854775807) overflows and would fail the whole batch
