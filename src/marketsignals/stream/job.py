@@ -93,17 +93,22 @@ def signal_stream(raw: DataFrame, settings: Settings) -> DataFrame:
     # A long, not a timestamp: the handler gets every input column of every group as a pandas Series,
     # and a timestamp column's time-zone conversion per group was a quarter of the Python workers'
     # time at 10,000 symbols (py-spy); Spark only needs the marker's metadata.
-    delay_ms = settings.stream.watermark_delay_ms
-    ticks = validated_ticks(raw, settings).withWatermark(EVENT_TIME, settings.stream.watermark_delay)
-    marker = F.lit(None).cast("long").alias(EVENT_TIME, metadata={WATERMARK_DELAY_KEY: delay_ms})
-    buckets = settings.stream.state_buckets
-    handler = state.make_handler(kernel_config(settings), buckets)
+    handler = state.make_handler(kernel_config(settings), settings.stream.state_buckets)
     return (
-        ticks.select(state.bucket_of(F.col(SYMBOL), buckets), marker, *state.TICK_COLUMNS)
+        bucketed_ticks(raw, settings)
         .groupBy(state.BUCKET)
         .applyInPandasWithState(handler, kernel.OUTPUT_SCHEMA, state.STATE_SCHEMA, "append",
                                 GroupStateTimeout.EventTimeTimeout)
     )
+
+
+def bucketed_ticks(raw: DataFrame, settings: Settings) -> DataFrame:
+    """What the stateful operator groups: the validated ticks with their bucket and the watermark's
+    marker (see signal_stream). Everything up to the shuffle, one stage."""
+    delay_ms = settings.stream.watermark_delay_ms
+    ticks = validated_ticks(raw, settings).withWatermark(EVENT_TIME, settings.stream.watermark_delay)
+    marker = F.lit(None).cast("long").alias(EVENT_TIME, metadata={WATERMARK_DELAY_KEY: delay_ms})
+    return ticks.select(state.bucket_of(F.col(SYMBOL), settings.stream.state_buckets), marker, *state.TICK_COLUMNS)
 
 
 def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListener | None = None,
