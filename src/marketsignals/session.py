@@ -118,7 +118,7 @@ def build_session(spark: SparkSettings, extra_conf: dict[str, str] | None = None
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
-    session.sparkContext.setLogLevel(spark.log_level)
+    set_log_level(session.sparkContext, spark.log_level)
     # Under spark-submit the JVM was started before these settings were read: without the jars, the
     # classes the settings name (the local profile's file system for file: paths) fail at the first file.
     if classpath:
@@ -129,3 +129,12 @@ def build_session(spark: SparkSettings, extra_conf: dict[str, str] | None = None
                                    f"its class path: under spark-submit pass --driver-class-path "
                                    f"{os.pathsep.join(missing)}")
     return session
+
+
+def set_log_level(sc, level: str) -> None:
+    """The driver's log level (spark.log_level). Spark 4.0's setLogLevel does nothing when the root logger
+    has the level already, as it has INFO under Spark's default profile, while the console of a JVM that
+    Python started still drops what is below WARN (Spark's shell filter): so spark.log_level=INFO showed
+    nothing more. Another level first makes the second call act, and clear that filter."""
+    sc.setLogLevel("ERROR" if level.upper() != "ERROR" else "WARN")
+    sc.setLogLevel(level)

@@ -2,6 +2,8 @@
 bounded run's are the same); the state store's RocksDB memory, as Spark reads it."""
 
 import os
+import subprocess
+import sys
 
 from marketsignals.settings import load_settings
 
@@ -75,3 +77,23 @@ def test_the_state_stores_rocksdb_block_cache_is_one_megabyte(spark):
     state = spark.sparkContext._jvm.org.apache.spark.sql.execution.streaming.state
     store_conf = state.StateStoreConf.apply(spark._jsparkSession.sessionState().conf())
     assert state.RocksDBConf.apply(store_conf).blockCacheSizeMB() == 1
+
+
+def test_the_log_level_setting_shows_what_it_names():
+    # Spark's own setLogLevel("INFO") left a Python-started driver's console at WARN (session.set_log_level)
+    code = """if True:
+        from marketsignals.session import build_session, set_log_level
+        from marketsignals.settings import load_settings
+        session = build_session(load_settings("local", ["spark.log_level=INFO"], env={}).spark)
+        log = session.sparkContext._jvm.org.apache.logging.log4j.LogManager.getLogger("marketsignals.test")
+        log.info("record-1 at INFO")
+        log.debug("record-2 at DEBUG")
+        set_log_level(session.sparkContext, "WARN")
+        log.info("record-3 at INFO")
+        log.warn("record-4 at WARN")
+        session.stop()
+    """
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    shown = [n for n in (1, 2, 3, 4) if f"record-{n} at" in run.stderr]
+    assert shown == [1, 4], run.stderr[-2000:]
