@@ -85,14 +85,6 @@ def validated_ticks(raw: DataFrame, settings: Settings) -> DataFrame:
 
 def signal_stream(raw: DataFrame, settings: Settings) -> DataFrame:
     """The kernel's output rows (signals, rejects, counts) for a raw Kafka stream."""
-    # Spark computes the watermark from the valid ticks' event time, and would also silently drop
-    # input rows behind it before the stateful operator -- but SPEC §1 wants late ticks
-    # dead-lettered. So the operator gets a null-valued event-time column that still carries the
-    # watermark marker (Spark requires one for EventTimeTimeout and GroupState's watermark): no row
-    # is ever "behind" it, and the kernel judges lateness itself from getCurrentWatermarkMs().
-    # A long, not a timestamp: the handler gets every input column of every group as a pandas Series,
-    # and a timestamp column's time-zone conversion per group was a quarter of the Python workers'
-    # time at 10,000 symbols (py-spy); Spark only needs the marker's metadata.
     handler = state.make_handler(kernel_config(settings), settings.stream.state_buckets)
     return (
         bucketed_ticks(raw, settings)
@@ -103,8 +95,16 @@ def signal_stream(raw: DataFrame, settings: Settings) -> DataFrame:
 
 
 def bucketed_ticks(raw: DataFrame, settings: Settings) -> DataFrame:
-    """What the stateful operator groups: the validated ticks with their bucket and the watermark's
-    marker (see signal_stream). Everything up to the shuffle, one stage."""
+    """What the stateful operator groups (signal_stream): the validated ticks with their bucket and the
+    watermark's marker. Everything up to the shuffle, one stage."""
+    # Spark computes the watermark from the valid ticks' event time, and would also silently drop
+    # input rows behind it before the stateful operator -- but SPEC §1 wants late ticks
+    # dead-lettered. So the operator gets a null-valued event-time column that still carries the
+    # watermark marker (Spark requires one for EventTimeTimeout and GroupState's watermark): no row
+    # is ever "behind" it, and the kernel judges lateness itself from getCurrentWatermarkMs().
+    # A long, not a timestamp: the handler gets every input column of every group as a pandas Series,
+    # and a timestamp column's time-zone conversion per group was a quarter of the Python workers'
+    # time at 10,000 symbols (py-spy); Spark only needs the marker's metadata.
     delay_ms = settings.stream.watermark_delay_ms
     ticks = validated_ticks(raw, settings).withWatermark(EVENT_TIME, settings.stream.watermark_delay)
     marker = F.lit(None).cast("long").alias(EVENT_TIME, metadata={WATERMARK_DELAY_KEY: delay_ms})
