@@ -1,9 +1,9 @@
 """The stream's stage 0 alone (parse and validate each tick, bucket it): its JVM CPU per run.
 
 ``python -m bench.stage0`` writes the bench workload's ticks (bench/workload.py) as Kafka rows once, to
-Parquet in ``.local/bench/`` (``--data``) (ISO stamps on two topics, epoch millis on the third, as the feed sends
-them), and runs ``stream.job.bucketed_ticks`` over them into Spark's ``noop`` sink ``--runs`` times in
-one session. It prints each run's wall and JVM CPU seconds, their median after the first two runs
+Parquet in ``--data`` (``.local/bench/``; ISO stamps on two topics, epoch millis on the third, as the
+feed sends them), and runs ``stream.job.bucketed_ticks`` over them into Spark's ``noop`` sink ``--runs``
+times in one session. It prints each run's wall and JVM CPU seconds, their median after the first two runs
 (the JIT's warm-up), and the largest generated method of each whole-stage codegen subtree: HotSpot
 never compiles one over 8,000 bytes, it runs interpreted (bench/ROUNDS.md, twenty-sixth round).
 
