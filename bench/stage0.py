@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         df.write.format("noop").mode("overwrite").save()
         runs.append((round(time.perf_counter() - wall, 2), round(jvm_cpu() - cpu, 2)))
     sizes = generated_method_sizes(df)
+    if args.jfr:  # written now, not when the JVM exits after this process (a reader started next found it empty)
+        for recording in jvm.jdk.jfr.FlightRecorder.getFlightRecorder().getRecordings():
+            recording.stop()
     warm = runs[WARM_UP_RUNS:]
     print(f"{args.ticks:,} ticks, {'from_json alone' if args.parse_only else 'stage 0'}: "
           f"JVM CPU median {statistics.median(c for _, c in warm):.2f} s (least {min(c for _, c in warm):.2f}), "
