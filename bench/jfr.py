@@ -55,6 +55,14 @@ KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+def recorded(settings, recording: Path | str):
+    """``settings`` whose bounded runs' JVM (a stream with trigger availableNow, as the bench's are) records
+    itself to ``recording`` with JFR's ``profile`` settings, written when the recording stops or the JVM
+    exits: the flag is appended to ``spark.bounded_java_options``."""
+    flags = [settings.spark.bounded_java_options, f"-XX:StartFlightRecording=filename={recording},settings=profile"]
+    return settings.with_overrides([f"spark.bounded_java_options={' '.join(f for f in flags if f)}"])
+
+
 def jfr_tool() -> str | None:
     """The JDK's ``jfr`` command: on PATH, or beside the ``java`` of JAVA_HOME."""
     home = os.environ.get("JAVA_HOME")

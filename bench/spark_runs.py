@@ -211,6 +211,7 @@ def latency_summary(latency_ms: list[float], event_ms: list[float]) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    from bench import jfr
     from bench.env import bench_settings
 
     scenario, args = argv[0], json.loads(argv[1])
@@ -220,9 +221,7 @@ def main(argv: list[str]) -> int:
     settings = bench_settings(args["bootstrap"], *args["overrides"], f"stream.checkpoint={work}/checkpoint",
                               f"stream.audit_table={work}/audit", f"stream.metrics_path={work}/metrics.jsonl")
     if args.get("jfr"):  # bench.run --jfr: a CPU profile of this run's JVM, written when the JVM exits
-        record = f"-XX:StartFlightRecording=filename={args['jfr']},settings=profile"
-        flags = [settings.spark.bounded_java_options, record]
-        settings = settings.with_overrides([f"spark.bounded_java_options={' '.join(f for f in flags if f)}"])
+        settings = jfr.recorded(settings, args["jfr"])
     if scenario == "ceiling":
         result = ceiling(settings, work)
     elif scenario == "product":

@@ -82,16 +82,15 @@ def main(argv: list[str] | None = None) -> int:
             del sys.modules[name]
     from pyspark.sql import functions as F
 
+    from bench import jfr
     from marketsignals import schema
     from marketsignals.session import build_session
     from marketsignals.settings import load_settings
     from marketsignals.stream import job
 
-    overrides = []
+    settings = load_settings("local")
     if args.jfr:
-        record = f"-XX:StartFlightRecording=filename={Path(args.jfr).resolve()},settings=profile"
-        overrides.append(f"spark.bounded_java_options={load_settings('local').spark.bounded_java_options} {record}")
-    settings = load_settings("local", overrides)
+        settings = jfr.recorded(settings, Path(args.jfr).resolve())
     spark = build_session(settings.spark, bounded=True)  # stage 0 of a catch-up: the bounded runs' JVM
     path = Path(args.data) / f"stage0-{args.ticks}-{args.symbols}.parquet"
     if not path.exists():
