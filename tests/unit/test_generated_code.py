@@ -8,10 +8,11 @@ line: one such change to the validation made its stage's method 8,245 bytes and 
 CPU (bench/ROUNDS.md, twenty-sixth round).
 """
 
-import re
-from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import pytest
+
+from conftest import ROOT
 from marketsignals import kernel
 from marketsignals.stream.job import bucketed_ticks
 from marketsignals.stream.sinks import RecordColumns
@@ -19,22 +20,13 @@ from marketsignals.stream.sinks import RecordColumns
 HOTSPOT_HUGE_METHOD_LIMIT = 8000
 
 
-@contextmanager
-def _without_aqe(spark):
-    # with adaptive execution the plan is only final once it ran; a stream's never is adaptive
-    before = spark.conf.get("spark.sql.adaptive.enabled")
-    spark.conf.set("spark.sql.adaptive.enabled", "false")
-    try:
-        yield
-    finally:
-        spark.conf.set("spark.sql.adaptive.enabled", before)
+@pytest.fixture
+def largest_methods(monkeypatch):
+    """bench.stage0's reading of a plan's generated methods (the largest of each codegen subtree, in bytes)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.stage0 import generated_method_sizes
 
-
-def largest_methods(df) -> list[int]:
-    """The largest generated method of each whole-stage codegen subtree of ``df``'s plan, in bytes."""
-    jvm = df.sparkSession.sparkContext._jvm
-    text = jvm.PythonSQLUtils.explainString(df._jdf.queryExecution(), "codegen")
-    return [int(size) for size in re.findall(r"maxMethodCodeSize:(\d+)", text)]
+    return generated_method_sizes
 
 
 def _empty(spark, path, schema):
@@ -43,19 +35,17 @@ def _empty(spark, path, schema):
     return spark.read.parquet(str(path))
 
 
-def test_the_streams_stage_before_the_shuffle_is_compiled(spark, base_settings, tmp_path):
+def test_the_streams_stage_before_the_shuffle_is_compiled(spark, base_settings, tmp_path, largest_methods):
     raw = _empty(spark, tmp_path / "raw", "key binary, value binary, topic string, partition int, offset long, "
                                           "timestamp timestamp")
-    with _without_aqe(spark):
-        sizes = largest_methods(bucketed_ticks(raw, base_settings))
+    sizes = largest_methods(bucketed_ticks(raw, base_settings))
     assert sizes and max(sizes) <= HOTSPOT_HUGE_METHOD_LIMIT, sizes
 
 
-def test_the_sinks_projections_are_compiled(spark, tmp_path):
+def test_the_sinks_projections_are_compiled(spark, tmp_path, largest_methods):
     out = _empty(spark, tmp_path / "out", kernel.OUTPUT_SCHEMA)
     columns = RecordColumns()
     now = columns.processing_time(datetime.now(UTC))
-    with _without_aqe(spark):
-        sizes = [*largest_methods(columns.kafka_records(out, now, "signals", "dead-letters")),
-                 *largest_methods(columns.signals(out, now, columns.event_date))]
+    sizes = [*largest_methods(columns.kafka_records(out, now, "signals", "dead-letters")),
+             *largest_methods(columns.signals(out, now, columns.event_date))]
     assert sizes and max(sizes) <= HOTSPOT_HUGE_METHOD_LIMIT, sizes
