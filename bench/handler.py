@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import use_checkout
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -138,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1:
         p.error(f"--repeat must be at least 1, not {args.repeat}")
     if args.code:
-        sys.path.insert(0, str(Path(args.code).resolve() / "src"))
-        for name in [m for m in sys.modules if m == "marketsignals" or m.startswith("marketsignals.")]:
-            del sys.modules[name]
+        use_checkout(args.code)
     from marketsignals.settings import load_settings
     from marketsignals.stream import state
     from marketsignals.stream.job import kernel_config

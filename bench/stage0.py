@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench import use_checkout
+
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = ("stage0-market", "stage0-level2", "stage0-trade")  # the last one carries epoch millis
 WARM_UP_RUNS = 2
@@ -77,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs <= WARM_UP_RUNS:
         p.error(f"--runs must be more than the {WARM_UP_RUNS} warm-up runs, not {args.runs}")
     if args.code:
-        sys.path.insert(0, str(Path(args.code).resolve() / "src"))
-        for name in [m for m in sys.modules if m == "marketsignals" or m.startswith("marketsignals.")]:
-            del sys.modules[name]
+        use_checkout(args.code)
     from pyspark.sql import functions as F
 
     from bench import jfr
