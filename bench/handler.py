@@ -119,9 +119,23 @@ def digest(outputs: list[pd.DataFrame], states: dict[int, _GroupState]) -> str:
             s = pickle.loads(blob)
             pending = {k: (v.dtype.str, v.tolist()) for k, v in sorted((s.pending or {}).items())}
             h.update(repr((symbol, timeout, s.history.price.tolist(), s.history.volume.tolist(),
-                           s.history.price_change_pct.tolist(), s.last_ts, s.high_water, s.recent,
+                           s.history.price_change_pct.tolist(), s.last_ts, s.high_water, _text_keys(s.recent),
                            s.last_action, pending)).encode())
     return h.hexdigest()[:16]
+
+
+def _text_keys(recent) -> tuple[str, ...]:
+    """A state's duplicate keys in one form whichever its version: text, as state formats 2 and 3 kept
+    them (format 4 keeps their columns)."""
+    if recent is None or isinstance(recent, tuple):
+        return recent or ()
+    columns = (recent[c].tolist() for c in ("ts_ms", "exchange", "price", "volume"))
+    return tuple(f"{t}|{e}|{p!r}|{v}" for t, e, p, v in zip(*columns, strict=True))
+
+
+def state_bytes(states: dict[int, _GroupState]) -> int:
+    """The buckets' state blobs, in bytes: what every batch moves through Arrow and the state store."""
+    return sum(len(s.value[1]) for s in states.values() if s.value is not None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = f" (least of {args.repeat}, median {np.median(cpu):.2f})" if args.repeat > 1 else ""
     print(f"{args.ticks:,} ticks, {args.symbols:,} symbols, {buckets} buckets, {len(work)} batches, "
           f"{cfg.ordering}: handler {min(cpu):.2f} CPU s{runs}, {sum(map(len, outputs)):,} rows, "
-          f"digest {digest(outputs, states)} ({state.__file__})")
+          f"state {state_bytes(states) / 1e6:.1f} MB, digest {digest(outputs, states)} ({state.__file__})")
     if args.profile:
         profile = cProfile.Profile()
         profile.runcall(run, work, state.make_handler(cfg, buckets), cfg.watermark_delay_ms)

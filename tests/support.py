@@ -159,6 +159,7 @@ def output_rows(frame) -> list[tuple]:
 def state_fields(state) -> tuple:
     """A kernel SymbolState's fields for equality: its arrays' values exactly (their repr) and dtypes."""
     h = state.history
-    pending = None if state.pending is None else {k: (repr(v.tolist()), str(v.dtype)) for k, v in state.pending.items()}
+    pending, recent = (None if columns is None else {k: (repr(v.tolist()), str(v.dtype)) for k, v in columns.items()}
+                       for columns in (state.pending, state.recent))
     return (tuple(repr(a.tolist()) + str(a.dtype) for a in (h.price, h.volume, h.price_change_pct)),
-            state.last_ts, state.high_water, state.recent, state.last_action, pending)
+            state.last_ts, state.high_water, recent, state.last_action, pending)

@@ -10,6 +10,7 @@ a property of this design: there is no other code path that computes a signal.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -76,6 +77,10 @@ OUTPUT_COLUMNS: tuple[str, ...] = tuple(f.name for f in OUTPUT_SCHEMA.fields)
 
 # Columns of a pending (event_time mode) tick kept in state.
 _PENDING = (TS_MS, EXCHANGE, PARTITION, OFFSET, TOPIC, PRICE, VOLUME, BID, ASK)
+# The columns of an exact-duplicate key (SPEC §1; the symbol is the call's), and the dtypes the state
+# keeps its numeric ones in.
+_KEY = (TS_MS, EXCHANGE, PRICE, VOLUME)
+_KEY_DTYPES = {TS_MS: np.int64, VOLUME: np.int64, PRICE: np.float64}
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ class SymbolState:
     history: indicators.History = field(default_factory=indicators.History.empty)
     last_ts: int | None = None  # event time of the last processed tick
     high_water: int | None = None  # highest event time seen (lateness is measured from it)
-    recent: tuple[str, ...] = ()  # duplicate keys of the last HISTORY processed ticks
+    recent: Columns | None = None  # the _KEY columns of the last HISTORY processed ticks (duplicates)
     last_action: str = risk.HOLD  # actionable action of the last processed tick (on_change)
     pending: dict[str, np.ndarray] | None = None  # event_time mode: ticks the watermark has not passed
 
@@ -104,30 +109,94 @@ class SymbolState:
     def has_pending(self) -> bool:
         return self.pending is not None and len(self.pending[TS_MS]) > 0
 
+    def __setstate__(self, fields: dict) -> None:
+        # A format 2 pickle (stream/state.py): the dataclass's fields, its duplicate keys as text.
+        object.__getattribute__(self, "__dict__").update(fields, recent=_recent_of_text(fields["recent"]))
+
     def __reduce__(self):
         # The state store keeps every symbol's state pickled (stream/state.py). Pickled as a dataclass,
         # a state with a full history took 11 us to pickle and 7.5 us to load here, most of it numpy
         # pickling the history's three small arrays one by one; with their float64 values as one bytes
         # string, 3 and 4 us.
-        # The event-time buffer's nine columns likewise: each as its bytes, the text ones as lists.
+        # The event-time buffer's nine columns likewise: each as its bytes, the text ones as lists; and
+        # the duplicate keys' columns (_pickled_keys).
         h = self.history
         values = b"".join(np.asarray(a, dtype=np.float64).tobytes() for a in (h.price, h.volume, h.price_change_pct))
+        recent = None if self.recent is None else _pickled_keys(self.recent, h)
         pending = None if self.pending is None else tuple(
             (k, None, v.tolist()) if v.dtype == object else (k, v.dtype.str, v.tobytes())
             for k, v in self.pending.items())
-        return _symbol_state, (values, self.last_ts, self.high_water, self.recent, self.last_action, pending)
+        return _symbol_state_4, (values, self.last_ts, self.high_water, recent, self.last_action, pending)
 
 
-def _symbol_state(values: bytes, last_ts: int | None, high_water: int | None, recent: tuple[str, ...],
-                  last_action: str, pending: tuple | None) -> SymbolState:
+# The duplicate keys are the last HISTORY processed ticks, as is the indicators' history: their prices
+# and volumes are mostly the history's own, and are pickled once. Which are is checked, not assumed.
+_PRICE_SHARED, _VOLUME_SHARED = 1, 2
+_EXACT_FLOAT = 2**53  # an int64 volume up to this is exact as the history's float64
+
+
+def _pickled_keys(recent: Columns, history: indicators.History) -> tuple[bytes, list, int]:
+    """The duplicate keys' pickled form: their times, and their volumes and prices unless the history
+    holds the same values (bit for bit), as one bytes string; their exchanges as a list (pickle writes
+    a string object once and refers to it after: a symbol's few exchanges); which columns are shared."""
+    ts, price, volume = (np.asarray(recent[c], dtype=_KEY_DTYPES[c]) for c in (TS_MS, PRICE, VOLUME))
+    shared, numbers = 0, [ts.tobytes()]
+    aligned = len(history) == len(ts)
+    exact = volume.max(initial=0) <= _EXACT_FLOAT
+    if aligned and exact and history.volume.tobytes() == volume.astype(np.float64).tobytes():
+        shared |= _VOLUME_SHARED
+    else:
+        numbers.append(volume.tobytes())
+    if aligned and history.price.tobytes() == price.tobytes():
+        shared |= _PRICE_SHARED
+    else:
+        numbers.append(price.tobytes())
+    return b"".join(numbers), recent[EXCHANGE].tolist(), shared
+
+
+def _unpickled_keys(numbers: bytes, exchanges: list, shared: int, history: indicators.History) -> Columns:
+    n = len(exchanges)
+    flat = np.frombuffer(numbers, dtype=np.int64)
+    at = n
+    if shared & _VOLUME_SHARED:
+        volume = np.asarray(history.volume).astype(np.int64)
+    else:
+        volume, at = flat[at:at + n], at + n
+    price = history.price if shared & _PRICE_SHARED else flat[at:at + n].view(np.float64)
+    return {TS_MS: flat[:n], EXCHANGE: np.array(exchanges, dtype=object), PRICE: price, VOLUME: volume}
+
+
+def _symbol_state_4(values: bytes, last_ts: int | None, high_water: int | None,
+                    recent: tuple[bytes, list, int] | None, last_action: str, pending: tuple | None) -> SymbolState:
     """A SymbolState from its pickled form (SymbolState.__reduce__); its numeric arrays are read-only."""
     flat = np.frombuffer(values, dtype=np.float64)
     n = len(flat) // 3
     history = indicators.History(flat[:n], flat[n:2 * n], flat[2 * n:])
+    if recent is not None:
+        recent = _unpickled_keys(*recent, history)
     if pending is not None:
         pending = {k: np.array(v, dtype=object) if dtype is None else np.frombuffer(v, dtype=dtype)
                    for k, dtype, v in pending}
     return SymbolState(history, last_ts, high_water, recent, last_action, pending)
+
+
+def _symbol_state(values: bytes, last_ts: int | None, high_water: int | None, recent: tuple[str, ...],
+                  last_action: str, pending: tuple | None) -> SymbolState:
+    """A SymbolState from a format 3 pickle: format 4's layout, but the duplicate keys as text."""
+    state = _symbol_state_4(values, last_ts, high_water, None, last_action, pending)
+    return dataclasses.replace(state, recent=_recent_of_text(recent))
+
+
+def _recent_of_text(keys: tuple[str, ...]) -> Columns | None:
+    """The duplicate keys' columns from their text form in formats 2 and 3, "{ts}|{exchange}|{price!r}|{volume}"
+    (an exchange may hold "|": the time is before the first, price and volume after the last two)."""
+    if not keys:
+        return None
+    split = [(k[:k.index("|")], *k[k.index("|") + 1:].rsplit("|", 2)) for k in keys]
+    ts, exchange, price, volume = zip(*split, strict=True)
+    return {TS_MS: np.array([int(t) for t in ts], dtype=np.int64), EXCHANGE: np.array(exchange, dtype=object),
+            PRICE: np.array([float(p) for p in price], dtype=np.float64),
+            VOLUME: np.array([int(v) if v.lstrip("-").isdigit() else int(float(v)) for v in volume], dtype=np.int64)}
 
 
 @dataclass
@@ -164,11 +233,21 @@ def _ordered(ticks: Columns) -> Columns:
     return _take(ticks, np.lexsort((ticks[OFFSET], ticks[PARTITION], ticks[EXCHANGE].astype(str), ts)))
 
 
-def _keys(ticks: Columns, which: slice | np.ndarray = slice(None)) -> list[str]:
-    """Exact-duplicate keys (SPEC §1: symbol, timestamp, exchange, price, volume; symbol is the group)
-    of the ticks ``which`` selects (all by default)."""
-    t, e, p, v = (ticks[c][which].tolist() for c in (TS_MS, EXCHANGE, PRICE, VOLUME))
-    return [f"{t}|{e}|{p!r}|{v}" for t, e, p, v in zip(t, e, p, v, strict=True)]
+def _keys(ticks: Columns, which: slice | np.ndarray = slice(None)) -> list[tuple]:
+    """Exact-duplicate keys (SPEC §1: timestamp, exchange, price, volume; symbol is the group) of the
+    ticks ``which`` selects (all by default), as tuples of Python values: an int64 volume and the
+    same volume in a float64 column (a batch with a validation reject) make equal keys."""
+    return list(zip(*(ticks[c][which].tolist() for c in _KEY), strict=True))
+
+
+def _last_keys(recent: Columns | None, ticks: Columns, which: slice) -> Columns:
+    """The key columns of the last HISTORY ticks of ``recent`` followed by those ``which`` selects of
+    ``ticks``, as new arrays (not views of the batch's)."""
+    keys = {c: ticks[c][which] for c in _KEY}
+    keep = indicators.HISTORY - len(keys[TS_MS])
+    if recent is not None and keep > 0:
+        keys = {c: np.concatenate((recent[c][-keep:], v)) for c, v in keys.items()}
+    return {c: np.array(v, dtype=_KEY_DTYPES.get(c, object)) for c, v in keys.items()}
 
 
 def columns_of(frame: pd.DataFrame) -> Columns:
@@ -290,8 +369,9 @@ def _duplicates(ticks: Columns, state: SymbolState) -> np.ndarray | None:
     their keys are built. (No recent key is newer than the last processed tick: each call processes
     its ticks in event-time order, none older than the last one -- arrival mode rejects those, and
     event_time mode releases only ticks the watermark has passed, newer than any released before.)
-    Most ticks are none of those: at 100 symbols a batch holds ~2,000 ticks a symbol, and the state
-    keeps the keys of the last 49 processed ones only (built in _compute)."""
+    Most ticks are none of those: at 100 symbols a batch holds ~2,000 ticks a symbol. The state keeps
+    the key columns of the last 49 processed ones (_compute); keys are made of those at a candidate's
+    time only."""
     ts = ticks[TS_MS]
     n = len(ts)
     candidate = None
@@ -312,8 +392,12 @@ def _duplicates(ticks: Columns, state: SymbolState) -> np.ndarray | None:
             candidate = waiting if candidate is None else candidate | waiting
     if candidate is None:
         return None
-    seen = {*state.recent, *waiting_keys}
     index = np.flatnonzero(candidate)
+    seen = set(waiting_keys)
+    if state.recent is not None:  # only a recent tick at a candidate's time can be its original
+        near = np.isin(state.recent[TS_MS], ts[index])
+        if near.any():
+            seen.update(_keys(state.recent, near))
     dup = np.zeros(n, dtype=bool)
     for i, key in zip(index.tolist(), _keys(ticks, index), strict=True):
         if key in seen:
@@ -382,9 +466,9 @@ def _compute(symbols: list[str], ready: list[Columns], states: list[SymbolState]
             continue  # a later series of the same symbol starts afresh
         done = ready[call]
         last = slice(max(lo, hi - indicators.HISTORY), hi)
-        recent = (*begin.recent, *_keys(done, last))
         states[call] = SymbolState(history=tails[k], last_ts=int(done[TS_MS][hi - 1]), high_water=begin.high_water,
-                                   recent=recent[-indicators.HISTORY:], last_action=str(action[first[k] + hi - lo - 1]),
+                                   recent=_last_keys(begin.recent, done, last),
+                                   last_action=str(action[first[k] + hi - lo - 1]),
                                    pending=begin.pending)
     return states, signals
 

@@ -52,7 +52,7 @@ def test_repeated_runs_start_from_empty_state_and_print_the_least_cpu(monkeypatc
     thrice = capsys.readouterr().out
     assert "(least of 3, median " in thrice and "least of" not in once
     # each run from empty states: the last one's rows and states are a single run's
-    result = re.compile(r"[\d,]+ rows, digest \w+")
+    result = re.compile(r"[\d,]+ rows, state [\d.]+ MB, digest \w+")
     assert result.search(thrice).group(0) == result.search(once).group(0)
     with pytest.raises(SystemExit) as stop:
         handler.main([*tiny, "--repeat", "0"])

@@ -18,7 +18,7 @@ import pytest
 from pyspark.sql import Row
 from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
 
-from marketsignals import kernel
+from marketsignals import indicators, kernel
 from marketsignals.kernel import KernelConfig, SymbolState
 from marketsignals.settings import StrategySettings
 from marketsignals.stream import state
@@ -156,39 +156,80 @@ def test_a_buckets_validation_rejects_keep_their_reason_and_raw_value():
     assert counts == {"A": 4, "B": 0}
 
 
+def _text_keys(recent) -> tuple[str, ...]:
+    """A state's duplicate keys as formats 2 and 3 kept them: text."""
+    return tuple(f"{t}|{e}|{p!r}|{v}" for t, e, p, v in kernel._keys(recent))
+
+
 class _Format2Pickler(pickle.Pickler):
     """Pickles a SymbolState as format 2 did: a plain dataclass, before it had a __reduce__ of its own."""
 
     def reducer_override(self, obj):
         if type(obj) is SymbolState:
-            return copyreg.__newobj__, (SymbolState,), dict(obj.__dict__)
+            return copyreg.__newobj__, (SymbolState,), {**obj.__dict__, "recent": _text_keys(obj.recent)}
+        return NotImplemented
+
+
+class _Format3Pickler(pickle.Pickler):
+    """Pickles a SymbolState as format 3 did: format 4's layout, but the duplicate keys as text."""
+
+    def reducer_override(self, obj):
+        if type(obj) is SymbolState:
+            _, (values, last_ts, high_water, _, last_action, pending) = obj.__reduce__()
+            return kernel._symbol_state, (values, last_ts, high_water, _text_keys(obj.recent), last_action, pending)
         return NotImplemented
 
 
 @pytest.mark.parametrize("ordering", ["arrival", "event_time"])
-def test_a_symbols_state_pickles_exactly_and_format_2_checkpoints_still_load(ordering):
-    """A symbol's state has its own compact pickle (format 3): it must come back field for field, and
-    a bucket a version before it wrote (format 2, dataclass pickles) must load to the same state."""
+def test_a_symbols_state_pickles_exactly_and_formats_2_and_3_still_load(ordering):
+    """A symbol's state has its own compact pickle (format 4): it must come back field for field, and a
+    bucket an older version wrote (format 2: dataclass pickles; format 3: the duplicate keys as text)
+    must load to the same state -- an exchange holding "|" and a volume past 2**53 included."""
     cfg = KernelConfig(strategy=StrategySettings(), ordering=ordering, watermark_delay_ms=5_000)
     ts = T0 + np.arange(0, 60_000, 1_000)
     frame = pd.DataFrame([_tick("A", int(t), i) for i, t in enumerate(ts)]).drop(columns=["reason", "raw"])
+    frame.loc[frame.index % 3 == 1, "exchange"] = "X|Y"
+    frame.loc[frame.index % 5 == 2, "volume"] = 2**60 + 1
     first = kernel.process("A", kernel.columns_of(frame[:50]), SymbolState(), cfg, 0).state
     after = kernel.process("A", kernel.columns_of(frame[50:].reset_index(drop=True)), first, cfg, int(ts[50])).state
-    assert len(after.history) == 49 and len(after.recent) == 49
+    assert len(after.history) == 49 and len(after.recent[kernel.TS_MS]) == 49
+    assert {"X|Y", "NYSE"} == set(after.recent[kernel.EXCHANGE]) and 2**60 + 1 in after.recent[kernel.VOLUME]
     assert (after.pending is not None) == (ordering == "event_time")
     for symbol_state in (after, SymbolState()):
         again = pickle.loads(pickle.dumps(symbol_state, protocol=pickle.HIGHEST_PROTOCOL))
         assert state_fields(again) == state_fields(symbol_state)
 
-    out = io.BytesIO()
-    _Format2Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(after)
-    old = out.getvalue()
-    assert b"History" in old and b"_symbol_state" not in old  # the old layout, not the new one
-    blob = (2, pickle.dumps((BUCKETS, {"A": (int(ts[-1]), old)})))
-    loaded = state.load_bucket(_state(blob, 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
-    assert state_fields(pickle.loads(loaded["A"][1])) == state_fields(after)
-    with pytest.raises(state.StateFormatError, match="format 1, this version reads 2 and 3: start from a new"):
+    for fmt, pickler, marks in ((2, _Format2Pickler, (b"History", b"_symbol_state")),
+                                (3, _Format3Pickler, (b"_symbol_state\x94", b"_symbol_state_4"))):
+        out = io.BytesIO()
+        pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(after)
+        old = out.getvalue()
+        assert marks[0] in old and marks[1] not in old  # the old layout, not the new one
+        blob = (fmt, pickle.dumps((BUCKETS, {"A": (int(ts[-1]), old)})))
+        loaded = state.load_bucket(_state(blob, 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
+        assert state_fields(pickle.loads(loaded["A"][1])) == state_fields(after), f"format {fmt}"
+    with pytest.raises(state.StateFormatError, match="format 1, this version reads 2, 3 and 4: start from a new"):
         state.load_bucket(_state((1, blob[1]), 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
+
+
+def test_duplicate_keys_the_history_does_not_hold_are_pickled_with_their_own_values():
+    """Format 4 pickles the keys' prices and volumes once when the history holds the same values; when
+    it does not (another length, another price, a volume a float cannot hold), they are kept apart."""
+    history = indicators.History(np.array([10.0, 10.5, 11.0]), np.array([100.0, 200.0, 300.0]), np.zeros(3))
+    keys = {kernel.TS_MS: np.array([T0, T0 + 1, T0 + 2]), kernel.EXCHANGE: np.array(["A", "A", "B"], dtype=object),
+            kernel.PRICE: history.price.copy(), kernel.VOLUME: np.array([100, 200, 300])}
+    huge = indicators.History(history.price, np.array([100.0, 200.0, 2.0**53]), history.price_change_pct)
+    variants = {"shared": (history, keys), "shorter": (history, {c: v[1:] for c, v in keys.items()}),
+                "another price": (history, {**keys, kernel.PRICE: np.array([10.0, 10.5, 11.25])}),
+                # the float64 2**53 equals both 2**53 and 2**53 + 1 as numpy compares them
+                "a huge volume": (huge, {**keys, kernel.VOLUME: np.array([100, 200, 2**53 + 1])})}
+    sizes = {}
+    for name, (tail, recent) in variants.items():
+        symbol_state = SymbolState(history=tail, last_ts=T0 + 2, high_water=T0 + 2, recent=recent)
+        blob = pickle.dumps(symbol_state, protocol=pickle.HIGHEST_PROTOCOL)
+        assert state_fields(pickle.loads(blob)) == state_fields(symbol_state), name
+        sizes[name] = len(blob)
+    assert min(sizes["another price"], sizes["a huge volume"]) >= sizes["shared"] + 3 * 8  # three more values
 
 
 def test_every_symbol_has_one_bucket_in_range(spark):
