@@ -240,14 +240,26 @@ def _keys(ticks: Columns, which: slice | np.ndarray = slice(None)) -> list[tuple
     return list(zip(*(ticks[c][which].tolist() for c in _KEY), strict=True))
 
 
-def _last_keys(recent: Columns | None, ticks: Columns, which: slice) -> Columns:
-    """The key columns of the last HISTORY ticks of ``recent`` followed by those ``which`` selects of
-    ``ticks``, as new arrays (not views of the batch's)."""
-    keys = {c: ticks[c][which] for c in _KEY}
-    keep = indicators.HISTORY - len(keys[TS_MS])
-    if recent is not None and keep > 0:
-        keys = {c: np.concatenate((recent[c][-keep:], v)) for c, v in keys.items()}
-    return {c: np.array(v, dtype=_KEY_DTYPES.get(c, object)) for c, v in keys.items()}
+def _last_keys(recents: list[Columns | None], ticks: Columns, spans: list[tuple[int, int]]) -> list[Columns]:
+    """For each span [lo, hi) of ``ticks``, the key columns of the last HISTORY ticks of its ``recents``
+    entry followed by the span's ticks. All spans' keys are laid out in one new array per column (one
+    concatenation a column for a bucket, not four a symbol); each span's are views of them."""
+    pieces: dict[str, list[np.ndarray]] = {c: [] for c in _KEY}
+    bounds, at = [], 0
+    for recent, (lo, hi) in zip(recents, spans, strict=True):
+        lo = max(lo, hi - indicators.HISTORY)
+        keep = indicators.HISTORY - (hi - lo)
+        n = hi - lo
+        if recent is not None and keep > 0:
+            for c in _KEY:
+                pieces[c].append(recent[c][-keep:])
+            n += min(keep, len(recent[TS_MS]))
+        for c in _KEY:
+            pieces[c].append(ticks[c][lo:hi])
+        bounds.append((at, at + n))
+        at += n
+    layout = {c: np.concatenate(p).astype(_KEY_DTYPES.get(c, object), copy=False) for c, p in pieces.items()}
+    return [{c: v[a:b] for c, v in layout.items()} for a, b in bounds]
 
 
 def columns_of(frame: pd.DataFrame) -> Columns:
@@ -461,15 +473,16 @@ def _compute(symbols: list[str], ready: list[Columns], states: list[SymbolState]
                                {k: v[emit] for k, v in cols.items()}, cfg.strategy.version)
 
     states = list(states)
-    for k, (call, lo, hi, begin) in enumerate(series):
-        if k + 1 < len(series) and series[k + 1][0] == call:
-            continue  # a later series of the same symbol starts afresh
-        done = ready[call]
-        last = slice(max(lo, hi - indicators.HISTORY), hi)
-        states[call] = SymbolState(history=tails[k], last_ts=int(done[TS_MS][hi - 1]), high_water=begin.high_water,
-                                   recent=_last_keys(begin.recent, done, last),
-                                   last_action=str(action[first[k] + hi - lo - 1]),
-                                   pending=begin.pending)
+    # a symbol's new state continues its last series (an earlier one of the same call was cut by a gap)
+    ends = [k for k in range(len(series)) if k + 1 == len(series) or series[k + 1][0] != series[k][0]]
+    keys = _last_keys([series[k][3].recent for k in ends], {TS_MS: ticks[TS_MS], EXCHANGE: ticks[EXCHANGE],
+                                                             PRICE: price, VOLUME: volume},
+                      [(first[k], first[k] + lengths[k]) for k in ends])
+    for k, recent in zip(ends, keys, strict=True):
+        call, _, _, begin = series[k]
+        end = first[k] + lengths[k] - 1  # the series' last tick
+        states[call] = SymbolState(history=tails[k], last_ts=int(ticks[TS_MS][end]), high_water=begin.high_water,
+                                   recent=recent, last_action=str(action[end]), pending=begin.pending)
     return states, signals
 
 

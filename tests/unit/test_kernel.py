@@ -211,8 +211,23 @@ def test_a_gap_longer_than_the_idle_timeout_starts_a_new_series():
     fresh = run(frame.iloc[2:], cfg=cfg)
     # the windows hold only the new series, exactly as for a symbol never seen (an evicted state)
     assert whole.state.history.price.tolist() == resumed.state.history.price.tolist() == [50.0, 51.0]
+    assert whole.state.recent["ts_ms"].tolist() == [T0 + 200_000, T0 + 201_000]  # the new series' keys only
     assert np.isnan(whole.state.history.price_change_pct[0])
     assert fresh.state.history.price_change_pct.tolist()[1:] == resumed.state.history.price_change_pct.tolist()[1:]
+
+
+def test_the_state_keeps_the_keys_of_the_last_49_processed_ticks_whatever_the_calls_sizes():
+    rng = np.random.default_rng(5)
+    state, done = SymbolState(), []
+    for size in (3, 30, 1, 60, 5, 48, 2):
+        at = len(done)
+        frame = ticks([T0 + (at + i) * 1000 for i in range(size)], price=(100 + rng.integers(0, 50, size) / 4).tolist(),
+                      offsets=range(at, at + size), exchange=str(rng.choice(["XNAS", "XNYS", "A|B"])))
+        frame["volume"] = rng.integers(0, 2**62, size)
+        state = run(frame, state=state).state
+        done += list(zip(*(frame[c].tolist() for c in ("ts_ms", "exchange", "price", "volume")), strict=True))
+        assert kernel._keys(state.recent) == done[-49:], f"after {len(done)} ticks"
+        assert [str(a.dtype) for a in state.recent.values()] == ["int64", "object", "float64", "int64"]
 
 
 def test_stateless_rejects_pass_through_with_their_raw_value():
