@@ -132,7 +132,7 @@ class SymbolState:
 # The duplicate keys are the last HISTORY processed ticks, as is the indicators' history: their prices
 # and volumes are mostly the history's own, and are pickled once. Which are is checked, not assumed.
 _PRICE_SHARED, _VOLUME_SHARED = 1, 2
-_EXACT_FLOAT = 2**53  # an int64 volume up to this is exact as the history's float64
+_EXACT_FLOAT = 2**53  # an int64 volume within +-this is exact as the history's float64
 
 
 def _pickled_keys(recent: Columns, history: indicators.History) -> tuple[bytes, list, int]:
@@ -142,7 +142,7 @@ def _pickled_keys(recent: Columns, history: indicators.History) -> tuple[bytes, 
     ts, price, volume = (np.asarray(recent[c], dtype=_KEY_DTYPES[c]) for c in (TS_MS, PRICE, VOLUME))
     shared, numbers = 0, [ts.tobytes()]
     aligned = len(history) == len(ts)
-    exact = volume.max(initial=0) <= _EXACT_FLOAT
+    exact = volume.min(initial=0) >= -_EXACT_FLOAT and volume.max(initial=0) <= _EXACT_FLOAT
     if aligned and exact and history.volume.tobytes() == volume.astype(np.float64).tobytes():
         shared |= _VOLUME_SHARED
     else:
@@ -155,6 +155,7 @@ def _pickled_keys(recent: Columns, history: indicators.History) -> tuple[bytes, 
 
 
 def _unpickled_keys(numbers: bytes, exchanges: list, shared: int, history: indicators.History) -> Columns:
+    """The duplicate keys' columns from _pickled_keys's form and the history they share values with."""
     n = len(exchanges)
     flat = np.frombuffer(numbers, dtype=np.int64)
     at = n

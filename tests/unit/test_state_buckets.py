@@ -222,14 +222,17 @@ def test_duplicate_keys_the_history_does_not_hold_are_pickled_with_their_own_val
     variants = {"shared": (history, keys), "shorter": (history, {c: v[1:] for c, v in keys.items()}),
                 "another price": (history, {**keys, kernel.PRICE: np.array([10.0, 10.5, 11.25])}),
                 # the float64 2**53 equals both 2**53 and 2**53 + 1 as numpy compares them
-                "a huge volume": (huge, {**keys, kernel.VOLUME: np.array([100, 200, 2**53 + 1])})}
+                "a huge volume": (huge, {**keys, kernel.VOLUME: np.array([100, 200, 2**53 + 1])}),
+                "a huge negative one": (indicators.History(history.price, -huge.volume, history.price_change_pct),
+                                        {**keys, kernel.VOLUME: np.array([-100, -200, -2**53 - 1])})}
     sizes = {}
     for name, (tail, recent) in variants.items():
         symbol_state = SymbolState(history=tail, last_ts=T0 + 2, high_water=T0 + 2, recent=recent)
         blob = pickle.dumps(symbol_state, protocol=pickle.HIGHEST_PROTOCOL)
         assert state_fields(pickle.loads(blob)) == state_fields(symbol_state), name
         sizes[name] = len(blob)
-    assert min(sizes["another price"], sizes["a huge volume"]) >= sizes["shared"] + 3 * 8  # three more values
+    others = (sizes["another price"], sizes["a huge volume"], sizes["a huge negative one"])
+    assert min(others) >= sizes["shared"] + 3 * 8  # three more values
 
 
 def test_every_symbol_has_one_bucket_in_range(spark):
