@@ -69,6 +69,11 @@ def _stat(pid: int) -> tuple[float, int]:
     return _stat_file(Path(f"/proc/{pid}/stat"))
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU seconds (user and system) process ``pid`` has used so far."""
+    return _stat(pid)[0]
+
+
 # JVM thread names (/proc/<pid>/task/<tid>/comm, cut at 15 characters) -> what the CPU went to
 _JVM_THREADS = (("C2 Compiler", "jit"), ("C1 Compiler", "jit"), ("GC Thread", "gc"), ("G1 ", "gc"),
                 ("Executor task", "tasks"), ("stream executio", "stream_driver"), ("Thread-", "py4j"))

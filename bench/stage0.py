@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import sys
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         use_checkout(args.code)
     from pyspark.sql import functions as F
 
-    from bench import jfr
+    from bench import jfr, procs
     from marketsignals import schema
     from marketsignals.session import build_session
     from marketsignals.settings import load_settings
@@ -107,17 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         df = ticks.select(state.bucket_of(F.col(schema.SYMBOL), settings.stream.state_buckets), *state.TICK_COLUMNS)
     jvm = spark.sparkContext._jvm
     pid = jvm.java.lang.ProcessHandle.current().pid()
-    ticks_per_s = os.sysconf("SC_CLK_TCK")
-
-    def jvm_cpu() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / ticks_per_s
-
     runs = []
     for _ in range(args.runs):
-        cpu, wall = jvm_cpu(), time.perf_counter()
+        cpu, wall = procs.cpu_seconds(pid), time.perf_counter()
         df.write.format("noop").mode("overwrite").save()
-        runs.append((round(time.perf_counter() - wall, 2), round(jvm_cpu() - cpu, 2)))
+        runs.append((round(time.perf_counter() - wall, 2), round(procs.cpu_seconds(pid) - cpu, 2)))
     sizes = generated_method_sizes(df)
     if args.jfr:  # written now, not when the JVM exits after this process (a reader started next found it empty)
         for recording in jvm.jdk.jfr.FlightRecorder.getFlightRecorder().getRecordings():
