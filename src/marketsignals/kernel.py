@@ -160,7 +160,7 @@ def _unpickled_keys(numbers: bytes, exchanges: list, shared: int, history: indic
     flat = np.frombuffer(numbers, dtype=np.int64)
     at = n
     if shared & _VOLUME_SHARED:
-        volume = np.asarray(history.volume).astype(np.int64)
+        volume = history.volume.astype(np.int64)
     else:
         volume, at = flat[at:at + n], at + n
     price = history.price if shared & _PRICE_SHARED else flat[at:at + n].view(np.float64)
