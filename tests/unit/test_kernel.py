@@ -328,3 +328,53 @@ def test_a_bucket_of_symbols_gives_each_the_rows_and_state_it_gets_alone(orderin
             assert state_fields(state) == state_fields(want_states[s]), f"batch {batch} symbol {s}"
             states[s] = state
     assert alone_signals > 0 and series_split
+
+
+def _prepared(prepared) -> tuple:
+    """One call's _prepare result for comparison: its reject rows, its ready ticks (values and dtypes)
+    and its new state."""
+    out, ready, state = prepared
+    rejects = [output_rows(pd.DataFrame(part)) for part in out.parts]
+    return rejects, {k: (repr(v.tolist()), str(v.dtype)) for k, v in ready.items()}, state_fields(state)
+
+
+@pytest.mark.parametrize("ordering", ["arrival", "event_time"])
+@pytest.mark.parametrize("watermark", [T0 + 10_000, None])
+def test_the_calls_prepare_would_pass_through_are_found_for_a_bucket_at_once(ordering, watermark):
+    """_prepare_bucket skips _prepare for a call whose ticks need none of its checks (found for all
+    calls at once): every call must get exactly what _prepare gives it, and the skip must be taken
+    for just the clean calls (rising times after the last processed tick, none late, no validation
+    reject, nothing waiting; never in event_time mode, where ticks wait for the watermark)."""
+    cfg = KernelConfig(strategy=StrategySettings(), ordering=ordering, watermark_delay_ms=30_000)
+    seen = SymbolState(last_ts=T0 + 20_000, high_water=T0 + 25_000)
+    rising = [T0 + 21_000, T0 + 22_000, T0 + 24_000]
+    waiting = kernel._take(kernel.columns_of(ticks([T0 + 30_000])), np.ones(1, dtype=bool))
+    # a bucket with a validation reject: Arrow hands every symbol's times and volumes as float64
+    mixed = with_validation_reject(ticks([T0 + 21_000, T0 + 23_000], offsets=[10, 11]))
+    cases = {
+        "clean": (ticks(rising), seen, True),
+        "clean, first ticks": (ticks(rising), SymbolState(), True),
+        "clean, one tick": (ticks([T0 + 30_000]), seen, True),
+        "clean, float64 columns of a bucket with a reject": (mixed.iloc[:2], seen, True),
+        "a validation reject": (mixed, seen, False),
+        "a shared time": (ticks([T0 + 21_000, T0 + 21_000], price=[1.0, 2.0]), seen, False),
+        "a falling time": (ticks([T0 + 22_000, T0 + 21_000]), seen, False),
+        "at the last processed time": (ticks([T0 + 20_000, T0 + 21_000]), seen, False),
+        "before the last processed time": (ticks([T0 + 19_000]), seen, False),
+        "behind the watermark": (ticks([T0 + 5_000]), SymbolState(), watermark is None),
+        "more than the delay behind the high water": (
+            ticks([T0 + 21_000]), SymbolState(last_ts=T0 + 20_000, high_water=T0 + 60_000), watermark is None),
+        "behind its own newest by more than the delay": (ticks([T0 + 11_000, T0 + 45_000]), SymbolState(),
+                                                          watermark is None),
+        "ticks waiting": (ticks(rising), SymbolState(last_ts=T0 + 20_000, high_water=T0 + 30_000,
+                                                     pending={c: waiting[c] for c in kernel._PENDING}), False),
+        "no ticks": (ticks([])[:0], seen, False),
+    }
+    calls = [(name, kernel.columns_of(frame.reset_index(drop=True)), state)
+             for name, (frame, state, _) in cases.items()]
+    skip = ordering == "event_time" and watermark is not None
+    want = {name: clean and not skip for name, (_, _, clean) in cases.items()}
+    assert dict(zip(cases, (t is not None for t in kernel._clean_calls(calls, cfg, watermark)), strict=True)) == want
+    got = kernel._prepare_bucket(calls, cfg, watermark)
+    for (name, cols, state), prepared in zip(calls, got, strict=True):
+        assert _prepared(prepared) == _prepared(kernel._prepare(name, cols, state, cfg, watermark)), name
