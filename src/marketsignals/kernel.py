@@ -493,23 +493,32 @@ def _compute(symbols: list[str], ready: list[Columns], states: list[SymbolState]
     """Indicators, risk and emission for each symbol's ready ticks (in order), all symbols in one pass.
     A gap longer than the idle timeout starts a new series -- exactly what evicting an idle symbol's
     state does in the stream. Returns the new states and the signal rows of all symbols (or None)."""
-    series: list[tuple[int, int, int, SymbolState]] = []  # (call, first tick, end, state it continues)
-    for call, (ticks, state) in enumerate(zip(ready, states, strict=True)):
-        if not _length(ticks):
-            continue
-        ts = ticks[TS_MS]
-        previous = state.last_ts if state.last_ts is not None else int(ts[0])
-        starts = []
-        if int(ts[-1]) - previous > cfg.idle_timeout_ms:  # in order, so no gap is longer than the span
-            gaps = np.diff(ts.astype(np.int64), prepend=previous)
-            starts = np.nonzero(gaps > cfg.idle_timeout_ms)[0].tolist()
-        for lo, hi in itertools.pairwise(sorted({0, *starts, len(ts)})):
-            begin = SymbolState(high_water=state.high_water, pending=state.pending) if lo in starts else state
-            series.append((call, lo, hi, begin))
-    if not series:
+    filled = [call for call, ticks in enumerate(ready) if _length(ticks)]
+    if not filled:
         return list(states), None
+    # all calls' ticks end to end (their series are consecutive pieces of them)
+    ticks = {c: np.concatenate([ready[call][c] for call in filled]) for c in _PENDING}
+    ts = ticks[TS_MS].astype(np.int64, copy=False)
+    counts = [_length(ready[call]) for call in filled]
+    call_end = np.cumsum(counts)
+    call_start = call_end - counts
+    last_seen = np.array([_NO_HIGH_WATER if states[call].last_ts is None else states[call].last_ts
+                          for call in filled], dtype=np.int64)
+    previous = np.where(last_seen == _NO_HIGH_WATER, ts[call_start], last_seen)
+    # in order, so no gap is longer than a call's span: only a call spanning more than the timeout is cut
+    spanning = set(np.flatnonzero(ts[call_end - 1] - previous > cfg.idle_timeout_ms).tolist())
+    series: list[tuple[int, int, int, SymbolState]] = []  # (call, first tick, end, state it continues)
+    for k, (call, n) in enumerate(zip(filled, counts, strict=True)):
+        state = states[call]
+        if k not in spanning:
+            series.append((call, 0, n, state))
+            continue
+        gaps = np.diff(ts[call_start[k]:call_end[k]], prepend=previous[k])
+        cuts = np.nonzero(gaps > cfg.idle_timeout_ms)[0].tolist()
+        for lo, hi in itertools.pairwise(sorted({0, *cuts, n})):
+            begin = SymbolState(high_water=state.high_water, pending=state.pending) if lo in cuts else state
+            series.append((call, lo, hi, begin))
 
-    ticks = {c: np.concatenate([ready[call][c][lo:hi] for call, lo, hi, _ in series]) for c in _PENDING}
     lengths = [hi - lo for _, lo, hi, _ in series]
     price = ticks[PRICE].astype(np.float64)
     volume = ticks[VOLUME].astype(np.int64)
@@ -538,11 +547,11 @@ def _compute(symbols: list[str], ready: list[Columns], states: list[SymbolState]
     keys = _last_keys([series[k][3].recent for k in ends], {TS_MS: ticks[TS_MS], EXCHANGE: ticks[EXCHANGE],
                                                              PRICE: price, VOLUME: volume},
                       [(first[k], first[k] + lengths[k]) for k in ends])
-    for k, recent in zip(ends, keys, strict=True):
+    last = np.array([first[k] + lengths[k] - 1 for k in ends], dtype=np.int64)  # each state's last tick
+    for k, recent, last_ts, last_action in zip(ends, keys, ts[last].tolist(), action[last].tolist(), strict=True):
         call, _, _, begin = series[k]
-        end = first[k] + lengths[k] - 1  # the series' last tick
-        states[call] = SymbolState(history=tails[k], last_ts=int(ticks[TS_MS][end]), high_water=begin.high_water,
-                                   recent=recent, last_action=str(action[end]), pending=begin.pending)
+        states[call] = SymbolState(history=tails[k], last_ts=last_ts, high_water=begin.high_water,
+                                   recent=recent, last_action=last_action, pending=begin.pending)
     return states, signals
 
 
