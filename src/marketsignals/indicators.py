@@ -61,7 +61,8 @@ class History:
         return len(self.price)
 
 
-# Each series is laid out after WIDEST - 1 NaNs (see rolling_indicators_many).
+# A window reaches WIDEST - 1 ticks back: a series' history is laid out after enough NaNs to make that
+# many (see rolling_indicators_many).
 WIDEST = max(VWAP_TICKS, SMA_SHORT_TICKS, SMA_LONG_TICKS, VOLATILITY_TICKS)
 
 
@@ -88,8 +89,9 @@ def rolling_indicators_many(price: np.ndarray, volume: np.ndarray, bid: np.ndarr
     ``lengths[k]`` ticks of the arrays and continues ``histories[k]``. The state handler runs a
     bucket's symbols this way: one numpy call per indicator for all of them, not one per symbol.
 
-    Each series is laid out as WIDEST - 1 NaNs, its history, its ticks; a window ending at one of its
-    ticks holds exactly the values and NaN padding the series alone would give, and each window is
+    Each series is laid out as its history, after as many NaNs as make the two WIDEST - 1 long (none
+    after a full history), then its ticks; a window ending at one of its ticks holds exactly the values
+    and NaN padding the series alone would give, and each window is
     reduced on its own (a row of a contiguous copy), so the result for a tick is bitwise the same
     whichever series run beside it and wherever the micro-batches were cut."""
     n = len(price)
@@ -103,10 +105,12 @@ def rolling_indicators_many(price: np.ndarray, volume: np.ndarray, bid: np.ndarr
     offset = position = 0
     for m, h in zip(lengths, histories, strict=True):
         new = slice(offset, offset + m)
-        prices += [pad, h.price, price[new]]
-        volumes += [pad, h.volume, volume_f[new]]
-        pcts += [pad, h.price_change_pct, price[new]]  # the ticks' own changes are filled in below
-        position += len(pad)
+        # NaNs only where a window could reach past the history: none after a full one
+        lead = pad[:max(WIDEST - 1 - len(h), 0)]
+        prices += [lead, h.price, price[new]]
+        volumes += [lead, h.volume, volume_f[new]]
+        pcts += [lead, h.price_change_pct, price[new]]  # the ticks' own changes are filled in below
+        position += len(lead)
         spans.append((position, position + len(h) + m))  # the series' history and ticks in the layout
         position += len(h) + m
         shifts.append(position - offset - m)
