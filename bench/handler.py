@@ -113,15 +113,24 @@ def digest(outputs: list[pd.DataFrame], states: dict[int, _GroupState]) -> str:
     for b in sorted(states):
         if states[b].value is None:
             continue
-        _, bucket = pickle.loads(states[b].value[1])
-        for symbol in sorted(bucket):
-            timeout, blob = bucket[symbol]
-            s = pickle.loads(blob)
+        symbols = _symbol_states(states[b].value[1])
+        for symbol in sorted(symbols):
+            timeout, s = symbols[symbol]
             pending = {k: (v.dtype.str, v.tolist()) for k, v in sorted((s.pending or {}).items())}
             h.update(repr((symbol, timeout, s.history.price.tolist(), s.history.volume.tolist(),
                            s.history.price_change_pct.tolist(), s.last_ts, s.high_water, _text_keys(s.recent),
                            s.last_action, pending)).encode())
     return h.hexdigest()[:16]
+
+
+def _symbol_states(blob: bytes) -> dict:
+    """{symbol: (timeout, SymbolState)} of a bucket's state, whichever the format: a table (format 5) or,
+    as an older checkout (``--code``) writes it, a dict of each symbol's timeout and pickled state."""
+    _, bucket = pickle.loads(blob)
+    if isinstance(bucket, dict):
+        return {symbol: (timeout, pickle.loads(pickled)) for symbol, (timeout, pickled) in bucket.items()}
+    return {symbol: (int(bucket.timeouts[row]), bucket.state(row))
+            for row, symbol in enumerate(bucket.symbols.tolist())}
 
 
 def _text_keys(recent) -> tuple[str, ...]:

@@ -123,15 +123,29 @@ class SymbolState:
         h = self.history
         values = b"".join(np.asarray(a, dtype=np.float64).tobytes() for a in (h.price, h.volume, h.price_change_pct))
         recent = None if self.recent is None else _pickled_keys(self.recent, h)
-        pending = None if self.pending is None else tuple(
-            (k, None, v.tolist()) if v.dtype == object else (k, v.dtype.str, v.tobytes())
-            for k, v in self.pending.items())
-        return _symbol_state_4, (values, self.last_ts, self.high_water, recent, self.last_action, pending)
+        return _symbol_state_4, (values, self.last_ts, self.high_water, recent, self.last_action,
+                                 packed_pending(self.pending))
+
+
+def packed_pending(pending: Columns | None) -> tuple | None:
+    """The event-time buffer's pickled form: each column as its bytes (its dtype beside), the text ones
+    as lists (numpy pickles an array on its own at several times the cost)."""
+    if pending is None:
+        return None
+    return tuple((k, None, v.tolist()) if v.dtype == object else (k, v.dtype.str, v.tobytes())
+                 for k, v in pending.items())
+
+
+def unpacked_pending(packed: tuple | None) -> Columns | None:
+    """The event-time buffer from :func:`packed_pending`'s form; its numeric columns are read-only."""
+    if packed is None:
+        return None
+    return {k: np.array(v, dtype=object) if dtype is None else np.frombuffer(v, dtype=dtype) for k, dtype, v in packed}
 
 
 # The duplicate keys are the last HISTORY processed ticks, as is the indicators' history: their prices
 # and volumes are mostly the history's own, and are pickled once. Which are is checked, not assumed.
-_PRICE_SHARED, _VOLUME_SHARED = 1, 2
+PRICE_SHARED, VOLUME_SHARED = 1, 2
 _EXACT_FLOAT = 2**53  # an int64 volume within +-this is exact as the history's float64
 
 
@@ -140,31 +154,44 @@ def _pickled_keys(recent: Columns, history: indicators.History) -> tuple[bytes, 
     holds the same values (bit for bit), as one bytes string; their exchanges as a list (pickle writes
     a string object once and refers to it after: a symbol's few exchanges); which columns are shared."""
     ts, price, volume = (np.asarray(recent[c], dtype=_KEY_DTYPES[c]) for c in (TS_MS, PRICE, VOLUME))
-    shared, numbers = 0, [ts.tobytes()]
-    aligned = len(history) == len(ts)
+    shared = shared_keys(price, volume, history.price, history.volume) if len(history) == len(ts) else 0
+    return b"".join(a.tobytes() for a in packed_keys(ts, price, volume, shared)), recent[EXCHANGE].tolist(), shared
+
+
+def shared_keys(price: np.ndarray, volume: np.ndarray, history_price: np.ndarray, history_volume: np.ndarray) -> int:
+    """Which of the duplicate keys' prices and volumes (float64, int64) a history of the same ticks holds
+    (the same values bit for bit; a volume only within +-2^53, where its float64 is exact)."""
+    shared = PRICE_SHARED if history_price.tobytes() == price.tobytes() else 0
     exact = volume.min(initial=0) >= -_EXACT_FLOAT and volume.max(initial=0) <= _EXACT_FLOAT
-    if aligned and exact and history.volume.tobytes() == volume.astype(np.float64).tobytes():
-        shared |= _VOLUME_SHARED
+    if exact and history_volume.tobytes() == volume.astype(np.float64).tobytes():
+        shared |= VOLUME_SHARED
+    return shared
+
+
+def packed_keys(ts: np.ndarray, price: np.ndarray, volume: np.ndarray, shared: int) -> list[np.ndarray]:
+    """The duplicate keys' numbers as they are pickled: times, then the volumes and prices the history
+    does not hold (``shared``: shared_keys)."""
+    return [ts, *(() if shared & VOLUME_SHARED else (volume,)), *(() if shared & PRICE_SHARED else (price,))]
+
+
+def unpacked_keys(ints: np.ndarray, n: int, shared: int, history_price: np.ndarray,
+                  history_volume: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The times, prices and volumes of ``n`` duplicate keys from packed_keys's numbers (``ints``, read as
+    int64) and the history they share values with."""
+    at = n
+    if shared & VOLUME_SHARED:
+        volume = history_volume.astype(np.int64)
     else:
-        numbers.append(volume.tobytes())
-    if aligned and history.price.tobytes() == price.tobytes():
-        shared |= _PRICE_SHARED
-    else:
-        numbers.append(price.tobytes())
-    return b"".join(numbers), recent[EXCHANGE].tolist(), shared
+        volume, at = ints[at:at + n], at + n
+    price = history_price if shared & PRICE_SHARED else ints[at:at + n].view(np.float64)
+    return ints[:n], price, volume
 
 
 def _unpickled_keys(numbers: bytes, exchanges: list, shared: int, history: indicators.History) -> Columns:
     """The duplicate keys' columns from _pickled_keys's form and the history they share values with."""
-    n = len(exchanges)
-    flat = np.frombuffer(numbers, dtype=np.int64)
-    at = n
-    if shared & _VOLUME_SHARED:
-        volume = history.volume.astype(np.int64)
-    else:
-        volume, at = flat[at:at + n], at + n
-    price = history.price if shared & _PRICE_SHARED else flat[at:at + n].view(np.float64)
-    return {TS_MS: flat[:n], EXCHANGE: np.array(exchanges, dtype=object), PRICE: price, VOLUME: volume}
+    ts, price, volume = unpacked_keys(np.frombuffer(numbers, dtype=np.int64), len(exchanges), shared,
+                                      history.price, history.volume)
+    return {TS_MS: ts, EXCHANGE: np.array(exchanges, dtype=object), PRICE: price, VOLUME: volume}
 
 
 def _symbol_state_4(values: bytes, last_ts: int | None, high_water: int | None,
@@ -175,10 +202,7 @@ def _symbol_state_4(values: bytes, last_ts: int | None, high_water: int | None,
     history = indicators.History(flat[:n], flat[n:2 * n], flat[2 * n:])
     if recent is not None:
         recent = _unpickled_keys(*recent, history)
-    if pending is not None:
-        pending = {k: np.array(v, dtype=object) if dtype is None else np.frombuffer(v, dtype=dtype)
-                   for k, dtype, v in pending}
-    return SymbolState(history, last_ts, high_water, recent, last_action, pending)
+    return SymbolState(history, last_ts, high_water, recent, last_action, unpacked_pending(pending))
 
 
 def _symbol_state(values: bytes, last_ts: int | None, high_water: int | None, recent: tuple[str, ...],

@@ -8,6 +8,7 @@ a key is called when it has data, or when its timer is below the watermark (Even
 from __future__ import annotations
 
 import copyreg
+import dataclasses
 import io
 import itertools
 import pickle
@@ -129,7 +130,7 @@ def test_a_bucket_makes_the_calls_and_keeps_the_timers_of_its_symbols(ordering):
             assert counts.get("B", 0) > 0, counts
         if n == 3:  # B idle past the timeout: evicted by its timer, A still held
             assert set(keyed.rows) == {"A"}
-            assert set(pickle.loads(bucketed.rows["bucket"][1])[1]) == {"A"}
+            assert state._bucket(*bucketed.rows["bucket"], BUCKETS).symbols.tolist() == ["A"]
     assert not bucketed.rows and not keyed.rows  # every symbol idle: nothing left in state
 
 
@@ -180,11 +181,9 @@ class _Format3Pickler(pickle.Pickler):
         return NotImplemented
 
 
-@pytest.mark.parametrize("ordering", ["arrival", "event_time"])
-def test_a_symbols_state_pickles_exactly_and_formats_2_and_3_still_load(ordering):
-    """A symbol's state has its own compact pickle (format 4): it must come back field for field, and a
-    bucket an older version wrote (format 2: dataclass pickles; format 3: the duplicate keys as text)
-    must load to the same state -- an exchange holding "|" and a volume past 2**53 included."""
+def _history_of(ordering: str) -> SymbolState:
+    """A symbol's state after 60 ticks: a full history, its keys with an exchange holding "|" and a
+    volume past 2**53 (so not shared with the history's floats), ticks waiting in event_time mode."""
     cfg = KernelConfig(strategy=StrategySettings(), ordering=ordering, watermark_delay_ms=5_000)
     ts = T0 + np.arange(0, 60_000, 1_000)
     frame = pd.DataFrame([_tick("A", int(t), i) for i, t in enumerate(ts)]).drop(columns=["reason", "raw"])
@@ -195,21 +194,97 @@ def test_a_symbols_state_pickles_exactly_and_formats_2_and_3_still_load(ordering
     assert len(after.history) == 49 and len(after.recent[kernel.TS_MS]) == 49
     assert {"X|Y", "NYSE"} == set(after.recent[kernel.EXCHANGE]) and 2**60 + 1 in after.recent[kernel.VOLUME]
     assert (after.pending is not None) == (ordering == "event_time")
+    return after
+
+
+@pytest.mark.parametrize("ordering", ["arrival", "event_time"])
+def test_a_symbols_state_pickles_exactly_and_formats_2_to_4_still_load(ordering):
+    """A symbol's state has its own compact pickle (format 4's): it must come back field for field, and a
+    bucket an older version wrote (format 2: dataclass pickles; format 3: the duplicate keys as text;
+    format 4: that pickle) must load to the same state -- an exchange holding "|" and a volume past
+    2**53 included."""
+    after = _history_of(ordering)
     for symbol_state in (after, SymbolState()):
         again = pickle.loads(pickle.dumps(symbol_state, protocol=pickle.HIGHEST_PROTOCOL))
         assert state_fields(again) == state_fields(symbol_state)
 
     for fmt, pickler, marks in ((2, _Format2Pickler, (b"History", b"_symbol_state")),
-                                (3, _Format3Pickler, (b"_symbol_state\x94", b"_symbol_state_4"))):
+                                (3, _Format3Pickler, (b"_symbol_state\x94", b"_symbol_state_4")),
+                                (4, pickle.Pickler, (b"_symbol_state_4", b"History"))):
         out = io.BytesIO()
         pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(after)
         old = out.getvalue()
-        assert marks[0] in old and marks[1] not in old  # the old layout, not the new one
-        blob = (fmt, pickle.dumps((BUCKETS, {"A": (int(ts[-1]), old)})))
+        assert marks[0] in old and marks[1] not in old  # the old layout, not another one
+        blob = (fmt, pickle.dumps((BUCKETS, {"A": (T0, old), "B": (T0 + 1, pickle.dumps(SymbolState()))})))
         loaded = state.load_bucket(_state(blob, 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
-        assert state_fields(pickle.loads(loaded["A"][1])) == state_fields(after), f"format {fmt}"
-    with pytest.raises(state.StateFormatError, match="format 1, this version reads 2, 3 and 4: start from a new"):
+        assert loaded.symbols.tolist() == ["A", "B"] and loaded.timeouts.tolist() == [T0, T0 + 1]
+        assert state_fields(loaded.state(0)) == state_fields(after), f"format {fmt}"
+        assert state_fields(loaded.state(1)) == state_fields(SymbolState()), f"format {fmt}"
+    with pytest.raises(state.StateFormatError, match="format 1, this version reads 2, 3, 4 and 5: start from a new"):
         state.load_bucket(_state((1, blob[1]), 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
+
+
+def _table_rows() -> list[tuple[str, int, SymbolState]]:
+    """States of every shape a bucket holds: full, short and empty histories, keys the history shares
+    or not, ticks waiting or none."""
+    full, waiting = _history_of("arrival"), _history_of("event_time")
+    short = kernel.process("C", kernel.columns_of(pd.DataFrame([_tick("C", T0 + i, i) for i in range(3)]).drop(
+        columns=["reason", "raw"])), SymbolState(), KernelConfig(strategy=StrategySettings()), 0).state
+    return [("A", T0 + 5, full), ("B", T0 + 1, waiting), ("C", T0 + 9, short),
+            ("D", T0 + 2, SymbolState(high_water=T0)), ("E|F", T0 + 3, waiting)]
+
+
+def _table_fields(table: state.StateTable) -> list[tuple]:
+    return [(symbol, int(table.timeouts[row]), state_fields(table.state(row)))
+            for row, symbol in enumerate(table.symbols.tolist())]
+
+
+def test_a_buckets_table_keeps_every_symbols_state_through_pickle_gathers_and_concatenation():
+    """Format 5: a bucket's states are one table. Each row must come back field for field from the
+    table, its pickle, a gather of rows in any order and two tables end to end -- the keys' prices and
+    volumes pickled once when every row's history holds them, apart when one does not."""
+    rows = _table_rows()
+    want = [(symbol, timeout, state_fields(s)) for symbol, timeout, s in rows]
+    table = state.StateTable.of(rows)
+    assert _table_fields(table) == want
+    again = pickle.loads(pickle.dumps(table, protocol=pickle.HIGHEST_PROTOCOL))
+    assert _table_fields(again) == want
+    assert _table_fields(again.take(np.array([4, 0, 2]))) == [want[4], want[0], want[2]]
+    assert _table_fields(again.take(np.array([], dtype=np.int64))) == []
+    assert _table_fields(again.take(np.array([3, 1])) + table.take(np.array([0]))) == [want[3], want[1], want[0]]
+    # the same rows with small volumes: those, like the prices, are pickled once (the history's)
+    plain = [(symbol, timeout, dataclasses.replace(
+        s, history=indicators.History(s.history.price, np.full(len(s.history), 1000.0), s.history.price_change_pct),
+        recent=None if s.recent is None else {**s.recent, kernel.VOLUME: np.full(len(s.history), 1000)}))
+        for symbol, timeout, s in rows]
+    sizes = {name: len(pickle.dumps(state.StateTable.of(r))) for name, r in (("apart", rows), ("shared", plain))}
+    keys = sum(len(s.recent[kernel.TS_MS]) for _, _, s in rows if s.recent is not None)
+    assert sizes["apart"] >= sizes["shared"] + 8 * keys  # the volumes
+    # one row's key prices are not its history's: every row's are pickled apart
+    symbol, timeout, s = plain[2]
+    priced = [*plain[:2], (symbol, timeout, dataclasses.replace(s, recent={**s.recent, kernel.PRICE: s.recent[
+        kernel.PRICE] + 0.5})), *plain[3:]]
+    for variant in (plain, priced):
+        assert _table_fields(pickle.loads(pickle.dumps(state.StateTable.of(variant)))) == [
+            (symbol, timeout, state_fields(s)) for symbol, timeout, s in variant]
+    assert len(pickle.dumps(state.StateTable.of(priced))) >= sizes["shared"] + 8 * keys
+    # a null exchange (validation rejects one; the kernel takes what it is given)
+    unnamed = [*plain[:2], (symbol, timeout, dataclasses.replace(s, recent={**s.recent, kernel.EXCHANGE: np.array(
+        [None, *s.recent[kernel.EXCHANGE][1:]], dtype=object)})), *plain[3:]]
+    assert _table_fields(pickle.loads(pickle.dumps(state.StateTable.of(unnamed)))) == [
+        (symbol, timeout, state_fields(s)) for symbol, timeout, s in unnamed]
+
+
+def test_a_batch_replaces_its_symbols_rows_in_place_drops_the_finished_and_appends_the_new():
+    rows = _table_rows()
+    table = state.StateTable.of(rows[:4])
+    fresh = SymbolState(high_water=T0 + 7)
+    # called: B (row 1, new state), D (row 3, no state kept) and E|F (new to the bucket)
+    after = state._next_table(table, [1, 3, None], [("B", T0 + 8, fresh), ("E|F", T0 + 3, rows[4][2])])
+    assert _table_fields(after) == [(s, t, state_fields(x)) for s, t, x in
+                                    [rows[0], ("B", T0 + 8, fresh), rows[2], rows[4]]]
+    assert _table_fields(state._next_table(table, [], [])) == _table_fields(table)
+    assert len(state._next_table(table, [0, 1, 2, 3], [])) == 0
 
 
 def test_duplicate_keys_the_history_does_not_hold_are_pickled_with_their_own_values():
