@@ -630,6 +630,7 @@ class _Output:
             TOPIC: ticks[TOPIC], PARTITION: ticks[PARTITION], OFFSET: ticks[OFFSET],
         })
 
+
 _NO_REJECTS = _Output("")  # a clean call's (_prepare_bucket): shared, so its parts cannot grow
 _NO_REJECTS.parts = ()
 

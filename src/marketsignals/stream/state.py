@@ -22,7 +22,7 @@ from pyspark.sql.streaming.state import GroupState
 
 from marketsignals import indicators, kernel, pyworker
 from marketsignals.kernel import Columns, KernelConfig, SymbolState
-from marketsignals.schema import EXCHANGE, PRICE, RAW, REASON, SYMBOL, TOPIC, TS_MS, VOLUME
+from marketsignals.schema import EXCHANGE, RAW, REASON, SYMBOL, TOPIC, TS_MS
 
 # A Spark Python worker imports this module to run the handler: from then on its tasks no longer
 # re-read every zip archive on its path, and its garbage collections skip what the imports made
@@ -88,7 +88,6 @@ _NO_TICKS: Columns = {c: np.empty(0, dtype=kernel.TICK_DTYPES.get(c, object)) fo
 STATE_FORMAT = 5
 READABLE_FORMATS = (2, 3, 4, 5)
 STATE_SCHEMA = T.StructType([T.StructField("format", T.IntegerType()), T.StructField("blob", T.BinaryType())])
-_KEYS = (TS_MS, EXCHANGE, PRICE, VOLUME)
 
 
 class StateFormatError(RuntimeError):
@@ -111,7 +110,7 @@ class StateTable:
     history_len: np.ndarray  # int64
     history: tuple[np.ndarray, np.ndarray, np.ndarray]  # price, volume, price_change_pct: float64
     recent_len: np.ndarray  # int64, -1: none
-    recent: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # _KEYS: int64, object, float64, int64
+    recent: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # kernel._KEY: int64, object, float64, int64
 
     @classmethod
     def of(cls, rows: list[tuple[str, int, SymbolState]]) -> StateTable:
@@ -129,7 +128,7 @@ class StateTable:
             history=tuple(_joined([getattr(h, c) for h in history], np.float64)
                           for c in ("price", "volume", "price_change_pct")),
             recent_len=np.array([-1 if s.recent is None else len(s.recent[TS_MS]) for s in states], dtype=np.int64),
-            recent=tuple(_joined([r[c] for r in recent], kernel._KEY_DTYPES.get(c, object)) for c in _KEYS),
+            recent=tuple(_joined([r[c] for r in recent], kernel._KEY_DTYPES.get(c, object)) for c in kernel._KEY),
         )
 
     def __len__(self) -> int:
@@ -143,7 +142,7 @@ class StateTable:
         recent = None
         if self.recent_len[row] >= 0:
             lo, hi = recent_at[row], recent_at[row + 1]
-            recent = {k: c[lo:hi] for k, c in zip(_KEYS, self.recent, strict=True)}
+            recent = {k: c[lo:hi] for k, c in zip(kernel._KEY, self.recent, strict=True)}
         return SymbolState(history, self.last_ts[row], self.high_water[row], recent, self.last_action[row],
                            kernel.unpacked_pending(self.pending[row]))
 
