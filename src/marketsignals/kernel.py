@@ -154,7 +154,7 @@ def _pickled_keys(recent: Columns, history: indicators.History) -> tuple[bytes, 
     holds the same values (bit for bit), as one bytes string; their exchanges as a list (pickle writes
     a string object once and refers to it after: a symbol's few exchanges); which columns are shared."""
     ts, price, volume = (np.asarray(recent[c], dtype=_KEY_DTYPES[c]) for c in (TS_MS, PRICE, VOLUME))
-    shared = shared_keys(price, volume, history.price, history.volume) if len(history) == len(ts) else 0
+    shared = shared_keys(price, volume, history.price, history.volume)  # equal bytes: equal lengths too
     return b"".join(a.tobytes() for a in packed_keys(ts, price, volume, shared)), recent[EXCHANGE].tolist(), shared
 
 
@@ -390,13 +390,10 @@ def _clean_calls(calls: list[tuple[str, Columns, SymbolState]], cfg: KernelConfi
         np.cumsum(pd.notna(reasons), out=bad[1:])
         clean &= bad[ends] == bad[starts]
     oldest, newest = ts[first], ts[last]
-    last_ts = np.array([_NO_HIGH_WATER if s.last_ts is None else s.last_ts for _, _, s in calls], dtype=np.int64)
-    clean &= oldest > last_ts
+    clean &= oldest > _times([s.last_ts for _, _, s in calls])
     clean &= np.array([not s.has_pending for _, _, s in calls])
     if watermark_ms is not None:
-        high_water = np.array([_NO_HIGH_WATER if s.high_water is None else s.high_water for _, _, s in calls],
-                              dtype=np.int64)
-        clean &= (oldest >= watermark_ms) & (oldest >= np.maximum(high_water, newest) - cfg.watermark_delay_ms)
+        clean &= _none_late(oldest, newest, _times([s.high_water for _, _, s in calls]), watermark_ms, cfg)
     return [int(t) if ok else None for ok, t in zip(clean.tolist(), newest.tolist(), strict=True)]
 
 
@@ -413,13 +410,14 @@ def _prepare(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
     ticks = _typed(ticks)
     n = _length(ticks)
     high_water = state.high_water
-    if n and watermark_ms is not None and not _none_late(ticks[TS_MS], high_water, watermark_ms, cfg):
+    seen = _NO_HIGH_WATER if high_water is None else high_water  # the highest event time before this call
+    if n and watermark_ms is not None and not _none_late(int(ticks[TS_MS].min()), int(ticks[TS_MS].max()), seen,
+                                                         watermark_ms, cfg):
         # Late: behind the stream's watermark, or more than the watermark delay behind the highest
         # event time its symbol had when it arrived -- so a late tick is late whatever the batch cut.
         arrival = np.lexsort((ticks[OFFSET], ticks[PARTITION]))
         ts_arrival = ticks[TS_MS][arrival].astype(np.int64)
-        before = np.maximum.accumulate(np.concatenate([[high_water if high_water is not None
-                                                         else _NO_HIGH_WATER], ts_arrival]))[:-1]
+        before = np.maximum.accumulate(np.concatenate([[seen], ts_arrival]))[:-1]
         late = np.empty(n, dtype=bool)
         late[arrival] = ts_arrival < np.maximum(before - cfg.watermark_delay_ms, watermark_ms)
         if late.any():
@@ -503,13 +501,18 @@ def _duplicates(ticks: Columns, state: SymbolState) -> np.ndarray | None:
     return dup if dup.any() else None
 
 
-def _none_late(ts: np.ndarray, high_water: int | None, watermark_ms: int, cfg: KernelConfig) -> bool:
-    """True when no tick can be late (the common case, checked in two reductions): none is behind the
-    watermark, and none is more than the delay behind the highest event time seen, which bounds the
-    highest one seen before any tick arrived."""
-    oldest, newest = int(ts.min()), int(ts.max())
-    highest = newest if high_water is None else max(high_water, newest)
-    return oldest >= watermark_ms and oldest >= highest - cfg.watermark_delay_ms
+def _none_late(oldest, newest, high_water, watermark_ms: int, cfg: KernelConfig):
+    """True when no tick of a call whose ticks span [oldest, newest] can be late (the common case): none
+    is behind the watermark, and none is more than the delay behind the highest event time seen, which
+    bounds the highest one seen before any tick arrived (``high_water``: _NO_HIGH_WATER for none).
+    Elementwise over arrays, one element a call (_clean_calls), as over one call's numbers (_prepare)."""
+    return (oldest >= watermark_ms) & (oldest >= np.maximum(high_water, newest) - cfg.watermark_delay_ms)
+
+
+def _times(values: list[int | None]) -> np.ndarray:
+    """Event times that may be unknown (a state's last time, its high-water mark) as int64, None as
+    _NO_HIGH_WATER (before any time)."""
+    return np.array([_NO_HIGH_WATER if v is None else v for v in values], dtype=np.int64)
 
 
 def _compute(symbols: list[str], ready: list[Columns], states: list[SymbolState],
@@ -526,8 +529,7 @@ def _compute(symbols: list[str], ready: list[Columns], states: list[SymbolState]
     counts = [_length(ready[call]) for call in filled]
     call_end = np.cumsum(counts)
     call_start = call_end - counts
-    last_seen = np.array([_NO_HIGH_WATER if states[call].last_ts is None else states[call].last_ts
-                          for call in filled], dtype=np.int64)
+    last_seen = _times([states[call].last_ts for call in filled])
     previous = np.where(last_seen == _NO_HIGH_WATER, ts[call_start], last_seen)
     # in order, so no gap is longer than a call's span: only a call spanning more than the timeout is cut
     spanning = set(np.flatnonzero(ts[call_end - 1] - previous > cfg.idle_timeout_ms).tolist())
