@@ -129,8 +129,7 @@ def _symbol_states(blob: bytes) -> dict:
     _, bucket = pickle.loads(blob)
     if isinstance(bucket, dict):
         return {symbol: (timeout, pickle.loads(pickled)) for symbol, (timeout, pickled) in bucket.items()}
-    return {symbol: (int(bucket.timeouts[row]), bucket.state(row))
-            for row, symbol in enumerate(bucket.symbols.tolist())}
+    return {symbol: (timeout, s) for symbol, timeout, s in bucket.rows()}
 
 
 def _text_keys(recent) -> tuple[str, ...]:

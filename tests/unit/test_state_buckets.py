@@ -235,8 +235,7 @@ def _table_rows() -> list[tuple[str, int, SymbolState]]:
 
 
 def _table_fields(table: state.StateTable) -> list[tuple]:
-    return [(symbol, int(table.timeouts[row]), state_fields(table.state(row)))
-            for row, symbol in enumerate(table.symbols.tolist())]
+    return [(symbol, timeout, state_fields(s)) for symbol, timeout, s in table.rows()]
 
 
 def test_a_buckets_table_keeps_every_symbols_state_through_pickle_gathers_and_concatenation():

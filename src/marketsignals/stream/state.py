@@ -9,9 +9,10 @@ waiting for the watermark in ``event_time`` mode.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import pickle
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -94,7 +95,7 @@ class StateFormatError(RuntimeError):
     pass
 
 
-@dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class StateTable:
     """A bucket's symbols' states (SymbolState) and timers as columns, one row a symbol. A row's history
     and duplicate keys are its segment of columns laid end to end (their lengths per row; -1: no keys).
@@ -146,15 +147,16 @@ class StateTable:
         return SymbolState(history, self.last_ts[row], self.high_water[row], recent, self.last_action[row],
                            kernel.unpacked_pending(self.pending[row]))
 
-    @property
+    @functools.cached_property
     def _starts(self) -> tuple[list[int], list[int]]:
         """Where each row's history and keys start in their columns (and where the last row's end)."""
-        starts = self.__dict__.get("_starts_of_rows")
-        if starts is None:
-            starts = tuple(np.concatenate([[0], np.cumsum(np.maximum(n, 0))]).tolist()
-                           for n in (self.history_len, self.recent_len))
-            object.__setattr__(self, "_starts_of_rows", starts)
-        return starts
+        return tuple(np.concatenate([[0], np.cumsum(np.maximum(n, 0))]).tolist()
+                     for n in (self.history_len, self.recent_len))
+
+    def rows(self) -> Iterator[tuple[str, int, SymbolState]]:
+        """Each row's (symbol, timeout, state), in order."""
+        for row, (symbol, timeout) in enumerate(zip(self.symbols.tolist(), self.timeouts.tolist(), strict=True)):
+            yield symbol, timeout, self.state(row)
 
     def take(self, rows: np.ndarray) -> StateTable:
         """The table of ``rows`` (indices, in that order)."""
@@ -167,13 +169,9 @@ class StateTable:
 
     def __add__(self, other: StateTable) -> StateTable:
         """Both tables' rows, this one's first."""
-        pairs = zip(self._columns(), other._columns(), strict=True)
+        pairs = ((getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self))
         return StateTable(*(tuple(map(np.concatenate, zip(a, b, strict=True))) if isinstance(a, tuple)
                             else np.concatenate([a, b]) for a, b in pairs))
-
-    def _columns(self) -> tuple:
-        return (self.symbols, self.timeouts, self.last_ts, self.high_water, self.last_action, self.pending,
-                self.history_len, self.history, self.recent_len, self.recent)
 
     def __reduce__(self):
         # The numbers as one bytes string, the text as lists; the keys' exchanges (a bucket's few, ~15,000
@@ -326,6 +324,5 @@ def read_symbol_states(spark: SparkSession, checkpoint: str, buckets: int,
     rows = reader.load(checkpoint).select("value.groupState.format", "value.groupState.blob").collect()
     states: dict[str, SymbolState] = {}
     for fmt, blob in rows:
-        table = _bucket(fmt, blob, buckets)
-        states.update({symbol: table.state(row) for row, symbol in enumerate(table.symbols.tolist())})
+        states.update({symbol: s for symbol, _, s in _bucket(fmt, blob, buckets).rows()})
     return states
