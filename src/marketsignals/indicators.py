@@ -20,6 +20,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from marketsignals.layout import segments
 from marketsignals.schema import (
     ASK,
     BID,
@@ -79,15 +80,20 @@ def rolling_indicators(price: np.ndarray, volume: np.ndarray, bid: np.ndarray, a
     price_change is null on a symbol's first tick; vwap is null when the window's volume is 0;
     volatility_20 ignores nulls and is null with fewer than 2 values.
     """
-    columns, (tail,) = rolling_indicators_many(price, volume, bid, ask, [len(price)], [history])
-    return columns, tail
+    columns, tail, _ = rolling_indicators_many(price, volume, bid, ask, [len(price)], [len(history)],
+                                               (history.price, history.volume, history.price_change_pct))
+    return columns, History(*tail)
 
 
-def rolling_indicators_many(price: np.ndarray, volume: np.ndarray, bid: np.ndarray, ask: np.ndarray, lengths: list[int],
-                            histories: list[History]) -> tuple[dict[str, np.ndarray], list[History]]:
+def rolling_indicators_many(price: np.ndarray, volume: np.ndarray, bid: np.ndarray, ask: np.ndarray, lengths,
+                            history_lengths, history: tuple[np.ndarray, np.ndarray, np.ndarray],
+                            ) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
     """:func:`rolling_indicators` of several independent series in one pass: series k is the next
-    ``lengths[k]`` ticks of the arrays and continues ``histories[k]``. The state handler runs a
-    bucket's symbols this way: one numpy call per indicator for all of them, not one per symbol.
+    ``lengths[k]`` ticks of the arrays and continues a history of ``history_lengths[k]`` values, the
+    next ones of ``history``'s columns (price, volume, price_change_pct; the series' histories end to
+    end). The state handler runs a bucket's symbols this way: one numpy call per indicator for all of
+    them, not one per symbol. Returns the indicator columns, and the series' new histories as columns
+    laid out alike with their lengths.
 
     Each series is laid out as its history, after as many NaNs as make the two WIDEST - 1 long (none
     after a full history), then its ticks; a window ending at one of its ticks holds exactly the values
@@ -95,28 +101,21 @@ def rolling_indicators_many(price: np.ndarray, volume: np.ndarray, bid: np.ndarr
     reduced on its own (a row of a contiguous copy), so the result for a tick is bitwise the same
     whichever series run beside it and wherever the micro-batches were cut."""
     n = len(price)
-    price = np.asarray(price, dtype=np.float64)
-    volume_f = np.asarray(volume, dtype=np.float64)
+    history_lengths = np.asarray(history_lengths, dtype=np.int64)
     if n == 0:
-        empty = np.empty(0)
-        return dict.fromkeys(_COLUMNS, empty), list(histories)  # nothing new: the histories stand
-    pad = np.full(WIDEST - 1, np.nan)
-    prices, volumes, pcts, shifts, spans = [], [], [], [], []
-    offset = position = 0
-    for m, h in zip(lengths, histories, strict=True):
-        new = slice(offset, offset + m)
-        # NaNs only where a window could reach past the history: none after a full one
-        lead = pad[:max(WIDEST - 1 - len(h), 0)]
-        prices += [lead, h.price, price[new]]
-        volumes += [lead, h.volume, volume_f[new]]
-        pcts += [lead, h.price_change_pct, price[new]]  # the ticks' own changes are filled in below
-        position += len(lead)
-        spans.append((position, position + len(h) + m))  # the series' history and ticks in the layout
-        position += len(h) + m
-        shifts.append(position - offset - m)
-        offset += m
-    at = np.arange(n) + np.repeat(shifts, lengths)  # each tick's position in the layout
-    layout_price, layout_volume, layout_pct = np.concatenate(prices), np.concatenate(volumes), np.concatenate(pcts)
+        return dict.fromkeys(_COLUMNS, np.empty(0)), history, history_lengths  # nothing new: the histories stand
+    lengths = np.asarray(lengths, dtype=np.int64)
+    price = np.asarray(price, dtype=np.float64)
+    # NaNs only where a window could reach past the history: none after a full one
+    size = np.maximum(WIDEST - 1 - history_lengths, 0) + history_lengths + lengths
+    end = np.cumsum(size)
+    at = segments(end - lengths, lengths)  # each tick's position in the layout
+    held = segments(end - lengths - history_lengths, history_lengths)  # each history value's
+    layout_price, layout_volume, layout_pct = (np.full(int(end[-1]), np.nan) for _ in range(3))
+    for layout, past in zip((layout_price, layout_volume, layout_pct), history, strict=True):
+        layout[held] = past
+    layout_price[at] = price
+    layout_volume[at] = volume
 
     previous = layout_price[at - 1]  # NaN on a series' first tick without history (the padding)
     change = price - previous
@@ -150,9 +149,9 @@ def rolling_indicators_many(price: np.ndarray, volume: np.ndarray, bid: np.ndarr
         SMA_50: sma_50,
         VOLATILITY_20: volatility,
     }
-    tails = [History(*(layout[max(lo, hi - HISTORY):hi].copy() for layout in (layout_price, layout_volume, layout_pct)))
-             for lo, hi in spans]
-    return columns, tails
+    tail_lengths = np.minimum(history_lengths + lengths, HISTORY)
+    tail = segments(end - tail_lengths, tail_lengths)
+    return columns, tuple(layout[tail] for layout in (layout_price, layout_volume, layout_pct)), tail_lengths
 
 
 _COLUMNS = (PRICE_CHANGE, PRICE_CHANGE_PCT, BID_ASK_SPREAD, SPREAD_PCT, VWAP, SMA_20, SMA_50, VOLATILITY_20)

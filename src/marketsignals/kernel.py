@@ -11,8 +11,8 @@ a property of this design: there is no other code path that computes a signal.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
-import itertools
 import json
 from dataclasses import dataclass, field
 
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import types as T
 
-from marketsignals import indicators, risk
+from marketsignals import indicators, layout, risk
 from marketsignals.schema import (
     ACTION,
     ACTIONABLE,
@@ -235,6 +235,97 @@ Columns = dict[str, np.ndarray]  # a set of ticks as equal-length numpy arrays (
 _NO_HIGH_WATER = -(2**62)
 
 
+@dataclass(frozen=True, eq=False)
+class States:
+    """Several symbols' SymbolStates as columns, one row a symbol: what process_bucket takes and gives
+    (the stream keeps a bucket's this way, stream/state.py). A row's history and duplicate keys are its
+    segment of columns laid end to end (their lengths per row; a keys' length -1: none). SymbolState
+    objects are made only for the calls that need _prepare's general path (:meth:`state`)."""
+
+    last_ts: np.ndarray  # object: int | None
+    high_water: np.ndarray  # object: int | None
+    last_action: np.ndarray  # object: str
+    pending: np.ndarray  # object: packed_pending's form, None without waiting ticks (arrival mode)
+    history_len: np.ndarray  # int64
+    history: tuple[np.ndarray, np.ndarray, np.ndarray]  # price, volume, price_change_pct: float64
+    recent_len: np.ndarray  # int64, -1: none
+    recent: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # _KEY: int64, object, float64, int64
+
+    @classmethod
+    def of(cls, states: list[SymbolState]) -> States:
+        history = [s.history for s in states]
+        recent = [s.recent for s in states if s.recent is not None]
+        return cls(
+            last_ts=layout.objects([s.last_ts for s in states]),
+            high_water=layout.objects([s.high_water for s in states]),
+            last_action=layout.objects([s.last_action for s in states]),
+            pending=layout.objects([packed_pending(s.pending) for s in states]),
+            history_len=np.array([len(h) for h in history], dtype=np.int64),
+            history=tuple(_joined([getattr(h, c) for h in history], np.float64)
+                          for c in ("price", "volume", "price_change_pct")),
+            recent_len=np.array([-1 if s.recent is None else len(s.recent[TS_MS]) for s in states], dtype=np.int64),
+            recent=tuple(_joined([r[c] for r in recent], _KEY_DTYPES.get(c, object)) for c in _KEY),
+        )
+
+    def __len__(self) -> int:
+        return len(self.history_len)
+
+    def state(self, row: int) -> SymbolState:
+        """One row's SymbolState (its arrays are views of the columns)."""
+        history_at, recent_at = self._starts
+        lo, hi = history_at[row], history_at[row + 1]
+        history = indicators.History(*(c[lo:hi] for c in self.history))
+        recent = None
+        if self.recent_len[row] >= 0:
+            lo, hi = recent_at[row], recent_at[row + 1]
+            recent = {k: c[lo:hi] for k, c in zip(_KEY, self.recent, strict=True)}
+        return SymbolState(history, self.last_ts[row], self.high_water[row], recent, self.last_action[row],
+                           unpacked_pending(self.pending[row]))
+
+    @functools.cached_property
+    def _starts(self) -> tuple[list[int], list[int]]:
+        """Where each row's history and keys start in their columns (and where the last row's end)."""
+        return tuple(np.concatenate([[0], np.cumsum(np.maximum(n, 0))]).tolist()
+                     for n in (self.history_len, self.recent_len))
+
+    def take(self, rows: np.ndarray) -> States:
+        """The rows ``rows`` (indices, in that order; one may come more than once)."""
+        history, recent = _spans(self.history_len, rows), _spans(np.maximum(self.recent_len, 0), rows)
+        return States(
+            last_ts=self.last_ts[rows], high_water=self.high_water[rows], last_action=self.last_action[rows],
+            pending=self.pending[rows], history_len=self.history_len[rows],
+            history=tuple(c[history] for c in self.history), recent_len=self.recent_len[rows],
+            recent=tuple(c[recent] for c in self.recent))
+
+    def __add__(self, other: States) -> States:
+        """Both's rows, this one's first."""
+        pairs = ((getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self))
+        return States(*(tuple(map(np.concatenate, zip(a, b, strict=True))) if isinstance(a, tuple)
+                        else np.concatenate([a, b]) for a, b in pairs))
+
+    def called(self, rows: np.ndarray) -> States:
+        """The rows ``rows`` in that order, a new symbol's (-1) a SymbolState()'s."""
+        return (self + _BLANK).take(np.where(rows < 0, len(self), rows))
+
+
+def _joined(arrays: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.empty(0, dtype=dtype)
+
+
+def _spans(lengths: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The positions, in a column laid out as consecutive segments of ``lengths``, of the segments of
+    ``rows`` (in that order, end to end)."""
+    return layout.segments(layout.starts(lengths)[rows], lengths[rows])
+
+
+def _has_pending(packed: tuple | None) -> bool:
+    """Whether packed_pending's form holds a waiting tick."""
+    return packed is not None and any(len(v) for k, _, v in packed if k == TS_MS)
+
+
+_BLANK = States.of([SymbolState()])
+
+
 def signal_id(symbol: str, ts_ms: int, exchange: str, price: float, volume: int, version: str) -> str:
     """Deterministic id of the signal of one tick: the same tick and strategy give the same id."""
     text = f"{symbol}|{ts_ms}|{exchange}|{price!r}|{volume}|{version}"
@@ -263,28 +354,6 @@ def _keys(ticks: Columns, which: slice | np.ndarray = slice(None)) -> list[tuple
     ticks ``which`` selects (all by default), as tuples of Python values: an int64 volume and the
     same volume in a float64 column (a batch with a validation reject) make equal keys."""
     return list(zip(*(ticks[c][which].tolist() for c in _KEY), strict=True))
-
-
-def _last_keys(recents: list[Columns | None], ticks: Columns, spans: list[tuple[int, int]]) -> list[Columns]:
-    """For each span [lo, hi) of ``ticks``, the key columns of the last HISTORY ticks of its ``recents``
-    entry followed by the span's ticks. All spans' keys are laid out in one new array per column (one
-    concatenation a column for a bucket, not four a symbol); each span's are views of them."""
-    pieces: dict[str, list[np.ndarray]] = {c: [] for c in _KEY}
-    bounds, at = [], 0
-    for recent, (lo, hi) in zip(recents, spans, strict=True):
-        lo = max(lo, hi - indicators.HISTORY)
-        keep = indicators.HISTORY - (hi - lo)
-        n = hi - lo
-        if recent is not None and keep > 0:
-            for c in _KEY:
-                pieces[c].append(recent[c][-keep:])
-            n += min(keep, len(recent[TS_MS]))
-        for c in _KEY:
-            pieces[c].append(ticks[c][lo:hi])
-        bounds.append((at, at + n))
-        at += n
-    layout = {c: np.concatenate(p).astype(_KEY_DTYPES.get(c, object), copy=False) for c, p in pieces.items()}
-    return [{c: v[a:b] for c, v in layout.items()} for a, b in bounds]
 
 
 def columns_of(frame: pd.DataFrame) -> Columns:
@@ -319,61 +388,63 @@ def process(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
     duplicates, indicators, risk and emission. ``ticks`` may carry ``reason``/``raw`` (rejected by
     validation: passed straight to the output). ``watermark_ms`` is the stream's watermark; None in
     the backtest, where history is processed in event-time order and nothing is late."""
-    output, (state,) = process_bucket([(symbol, ticks, state)], cfg, watermark_ms)
-    return KernelResult(output, state, int(output[PROCESSED].iloc[-1]))
+    output, after = process_bucket([symbol], [ticks], States.of([state]), cfg, watermark_ms)
+    return KernelResult(output, after.state(0), int(output[PROCESSED].iloc[-1]))
 
 
-def process_bucket(calls: list[tuple[str, Columns, SymbolState]], cfg: KernelConfig,
-                   watermark_ms: int | None) -> tuple[pd.DataFrame, list[SymbolState]]:
-    """:func:`process` for several symbols at once: each (symbol, ticks, state) call gives the same
-    rows and new state as on its own, but indicators, risk and emission run in one numpy pass over
-    all the calls' ticks (at ~20 ticks a symbol, numpy's cost per call was most of the kernel's).
-    One OUTPUT_SCHEMA frame: every call's rejects, then the signals (each symbol's in its order),
-    then one count row per call."""
-    prepared = _prepare_bucket(calls, cfg, watermark_ms)
-    symbols = [symbol for symbol, _, _ in calls]
-    states, signals = _compute(symbols, [ready for _, ready, _ in prepared], [state for _, _, state in prepared], cfg)
-    parts = [part for out, _, _ in prepared for part in out.parts]
+def process_bucket(symbols: list[str], ticks: list[Columns], states: States, cfg: KernelConfig,
+                   watermark_ms: int | None) -> tuple[pd.DataFrame, States]:
+    """:func:`process` for several symbols at once: each call (a symbol, its ticks and its row of
+    ``states``) gives the same rows and new state as on its own, but indicators, risk and emission run
+    in one numpy pass over all the calls' ticks (at ~20 ticks a symbol, numpy's cost per call was most
+    of the kernel's), and the states are taken and given as columns (a row a call). One OUTPUT_SCHEMA
+    frame: every call's rejects, then the signals (each symbol's in its order), then one count row per call."""
+    outputs, ready, prepared = _prepare_bucket(symbols, ticks, states, cfg, watermark_ms)
+    after, signals = _compute(symbols, ready, prepared, cfg)
+    parts = [part for out in outputs for part in out.parts]
     if signals is not None:
         parts.append(signals)
-    parts.append({KIND: np.full(len(calls), KIND_COUNT, dtype=object), SYMBOL: np.array(symbols, dtype=object),
-                  PROCESSED: np.array([_length(ready) for _, ready, _ in prepared], dtype=np.int64)})
-    return _frame(parts), states
+    parts.append({KIND: np.full(len(symbols), KIND_COUNT, dtype=object), SYMBOL: layout.objects(symbols),
+                  PROCESSED: np.array([_length(r) for r in ready], dtype=np.int64)})
+    return _frame(parts), after
 
 
-def _prepare_bucket(calls: list[tuple[str, Columns, SymbolState]], cfg: KernelConfig,
-                    watermark_ms: int | None) -> list[tuple[_Output, Columns, SymbolState]]:
+def _prepare_bucket(symbols: list[str], ticks: list[Columns], states: States, cfg: KernelConfig,
+                    watermark_ms: int | None) -> tuple[list[_Output], list[Columns], States]:
     """:func:`_prepare` of each call. Most calls need none of its work but the new high-water mark:
     their ticks hold no validation reject, come in rising event time, all after the symbol's last
     processed tick, none late, and no tick is waiting (arrival mode). Which do is found for all the
     calls at once, from their ticks laid end to end (a handful of numpy passes for a bucket, not a
-    dozen numpy calls a symbol); the others go through :func:`_prepare`."""
-    clean = _clean_calls(calls, cfg, watermark_ms)
-    prepared = []
-    for (symbol, ticks, state), top in zip(calls, clean, strict=True):
+    dozen numpy calls a symbol); the others go through :func:`_prepare`. Returns each call's output
+    and ready ticks, and the states with their new high-water marks and event-time buffers."""
+    clean = _clean_calls(ticks, states, cfg, watermark_ms)
+    outputs, ready = [], []
+    high_water, pending = states.high_water.copy(), states.pending.copy()
+    for call, (symbol, call_ticks, top) in enumerate(zip(symbols, ticks, clean, strict=True)):
         if top is None:
-            prepared.append(_prepare(symbol, ticks, state, cfg, watermark_ms))
+            out, call_ready, state = _prepare(symbol, call_ticks, states.state(call), cfg, watermark_ms)
+            high_water[call], pending[call] = state.high_water, packed_pending(state.pending)
         else:
-            high_water = top if state.high_water is None else max(state.high_water, top)
-            prepared.append((_NO_REJECTS, _typed(ticks), SymbolState(
-                history=state.history, last_ts=state.last_ts, high_water=high_water, recent=state.recent,
-                last_action=state.last_action, pending=None)))
-    return prepared
+            out, call_ready = _NO_REJECTS, _typed(call_ticks)
+            high_water[call] = top if high_water[call] is None else max(high_water[call], top)
+            pending[call] = None
+        outputs.append(out)
+        ready.append(call_ready)
+    return outputs, ready, dataclasses.replace(states, high_water=high_water, pending=pending)
 
 
-def _clean_calls(calls: list[tuple[str, Columns, SymbolState]], cfg: KernelConfig,
-                 watermark_ms: int | None) -> list[int | None]:
+def _clean_calls(ticks: list[Columns], states: States, cfg: KernelConfig, watermark_ms: int | None) -> list[int | None]:
     """For each call, its newest event time if :func:`_prepare` would only raise its high-water mark
     with it (see :func:`_prepare_bucket`), else None."""
-    if not calls or (cfg.ordering == "event_time" and watermark_ms is not None):
-        return [None] * len(calls)  # event_time mode: ticks wait for the watermark (_prepare)
-    lengths = np.array([_length(ticks) for _, ticks, _ in calls], dtype=np.int64)
+    if not ticks or (cfg.ordering == "event_time" and watermark_ms is not None):
+        return [None] * len(ticks)  # event_time mode: ticks wait for the watermark (_prepare)
+    lengths = np.array([_length(t) for t in ticks], dtype=np.int64)
     ends = np.cumsum(lengths)
     starts = ends - lengths
     filled = lengths > 0
     if not filled.any():
-        return [None] * len(calls)
-    ts = np.concatenate([ticks[TS_MS] for _, ticks, _ in calls])
+        return [None] * len(ticks)
+    ts = np.concatenate([t[TS_MS] for t in ticks])
     if ts.dtype == object:  # a validation reject's null time (its call is not clean: the reason says so)
         ts = ts.astype(np.float64)
     # steps that do not rise (or involve a NaN time), counted up to each position: a call's own are
@@ -383,17 +454,18 @@ def _clean_calls(calls: list[tuple[str, Columns, SymbolState]], cfg: KernelConfi
     last = np.where(filled, ends - 1, 0)
     first = np.where(filled, starts, 0)
     clean = filled & (falls[last] == falls[first])
-    if any(REASON in ticks for _, ticks, _ in calls):
-        reasons = np.concatenate([ticks[REASON] if REASON in ticks else np.full(_length(ticks), None, dtype=object)
-                                  for _, ticks, _ in calls])
+    if any(REASON in t for t in ticks):
+        reasons = np.concatenate([t[REASON] if REASON in t else np.full(_length(t), None, dtype=object) for t in ticks])
         bad = np.zeros(len(ts) + 1, dtype=np.int64)
         np.cumsum(pd.notna(reasons), out=bad[1:])
         clean &= bad[ends] == bad[starts]
     oldest, newest = ts[first], ts[last]
-    clean &= oldest > _times([s.last_ts for _, _, s in calls])
-    clean &= np.array([not s.has_pending for _, _, s in calls])
+    clean &= oldest > _times(states.last_ts)
+    pending = states.pending.tolist()
+    if any(p is not None for p in pending):
+        clean &= ~np.array([_has_pending(p) for p in pending], dtype=bool)
     if watermark_ms is not None:
-        clean &= _none_late(oldest, newest, _times([s.high_water for _, _, s in calls]), watermark_ms, cfg)
+        clean &= _none_late(oldest, newest, _times(states.high_water), watermark_ms, cfg)
     return [int(t) if ok else None for ok, t in zip(clean.tolist(), newest.tolist(), strict=True)]
 
 
@@ -509,76 +581,101 @@ def _none_late(oldest, newest, high_water, watermark_ms: int, cfg: KernelConfig)
     return (oldest >= watermark_ms) & (oldest >= np.maximum(high_water, newest) - cfg.watermark_delay_ms)
 
 
-def _times(values: list[int | None]) -> np.ndarray:
-    """Event times that may be unknown (a state's last time, its high-water mark) as int64, None as
-    _NO_HIGH_WATER (before any time)."""
-    return np.array([_NO_HIGH_WATER if v is None else v for v in values], dtype=np.int64)
+def _times(values: np.ndarray) -> np.ndarray:
+    """Event times that may be unknown (a States column of last times or high-water marks) as int64,
+    None as _NO_HIGH_WATER (before any time)."""
+    return np.where(np.equal(values, None), _NO_HIGH_WATER, values).astype(np.int64)
 
 
-def _compute(symbols: list[str], ready: list[Columns], states: list[SymbolState],
-             cfg: KernelConfig) -> tuple[list[SymbolState], dict[str, np.ndarray] | None]:
-    """Indicators, risk and emission for each symbol's ready ticks (in order), all symbols in one pass.
+def _compute(symbols: list[str], ready: list[Columns], states: States,
+             cfg: KernelConfig) -> tuple[States, dict[str, np.ndarray] | None]:
+    """Indicators, risk and emission for each call's ready ticks (in order), all calls in one pass.
     A gap longer than the idle timeout starts a new series -- exactly what evicting an idle symbol's
-    state does in the stream. Returns the new states and the signal rows of all symbols (or None)."""
-    filled = [call for call, ticks in enumerate(ready) if _length(ticks)]
-    if not filled:
-        return list(states), None
+    state does in the stream. Returns the calls' new states and the signal rows of all (or None)."""
+    counts = np.array([_length(r) for r in ready], dtype=np.int64)
+    filled = np.flatnonzero(counts)
+    if not len(filled):
+        return states, None
     # all calls' ticks end to end (their series are consecutive pieces of them)
-    ticks = {c: np.concatenate([ready[call][c] for call in filled]) for c in _PENDING}
+    ticks = {c: np.concatenate([ready[call][c] for call in filled.tolist()]) for c in _PENDING}
     ts = ticks[TS_MS].astype(np.int64, copy=False)
-    counts = [_length(ready[call]) for call in filled]
-    call_end = np.cumsum(counts)
-    call_start = call_end - counts
-    last_seen = _times([states[call].last_ts for call in filled])
-    previous = np.where(last_seen == _NO_HIGH_WATER, ts[call_start], last_seen)
-    # in order, so no gap is longer than a call's span: only a call spanning more than the timeout is cut
-    spanning = set(np.flatnonzero(ts[call_end - 1] - previous > cfg.idle_timeout_ms).tolist())
-    series: list[tuple[int, int, int, SymbolState]] = []  # (call, first tick, end, state it continues)
-    for k, (call, n) in enumerate(zip(filled, counts, strict=True)):
-        state = states[call]
-        if k not in spanning:
-            series.append((call, 0, n, state))
-            continue
-        gaps = np.diff(ts[call_start[k]:call_end[k]], prepend=previous[k])
-        cuts = np.nonzero(gaps > cfg.idle_timeout_ms)[0].tolist()
-        for lo, hi in itertools.pairwise(sorted({0, *cuts, n})):
-            begin = SymbolState(high_water=state.high_water, pending=state.pending) if lo in cuts else state
-            series.append((call, lo, hi, begin))
-
-    lengths = [hi - lo for _, lo, hi, _ in series]
+    series_call, lengths, fresh = _series(ts, counts[filled], _times(states.last_ts[filled]), cfg)
+    row = filled[series_call]  # the row of states each series continues (unless fresh: a blank state)
+    history_len = np.where(fresh, 0, states.history_len[row])
+    history_at = layout.segments(layout.starts(states.history_len)[row], history_len)
     price = ticks[PRICE].astype(np.float64)
     volume = ticks[VOLUME].astype(np.int64)
-    ind, tails = indicators.rolling_indicators_many(price, volume, ticks[BID], ticks[ASK], lengths,
-                                                    [begin.history for *_, begin in series])
+    ind, tails, tail_len = indicators.rolling_indicators_many(
+        price, volume, ticks[BID], ticks[ASK], lengths, history_len, tuple(c[history_at] for c in states.history))
     cols = risk.risk_columns(price, volume, ind, cfg.strategy)
     actionable = cols[ACTIONABLE]
     action = np.where(actionable, cols[TRADING_SIGNAL], risk.HOLD)
-    first = np.cumsum([0, *lengths[:-1]])  # each series' first tick
+    first = layout.starts(lengths)  # each series' first tick
     if cfg.emission == "every":
         emit = actionable
     else:  # on_change: emit when the actionable action changes into BUY or SELL
         before = np.empty(len(action), dtype=object)
         before[1:] = action[:-1]
-        before[first] = [begin.last_action for *_, begin in series]
+        before[first] = np.where(fresh, risk.HOLD, states.last_action[row])
         emit = actionable & (action != before)
     signals = None
     if emit.any():
-        symbol = np.array(symbols, dtype=object)[np.repeat([call for call, *_ in series], lengths)]
+        symbol = layout.objects(symbols)[np.repeat(row, lengths)]
         signals = _signal_rows(symbol[emit], _take(ticks, emit), {k: v[emit] for k, v in ind.items()},
                                {k: v[emit] for k, v in cols.items()}, cfg.strategy.version)
 
-    states = list(states)
-    # a symbol's new state continues its last series (an earlier one of the same call was cut by a gap)
-    ends = [k for k in range(len(series)) if k + 1 == len(series) or series[k + 1][0] != series[k][0]]
-    keys = _last_keys([series[k][3].recent for k in ends], {TS_MS: ticks[TS_MS], EXCHANGE: ticks[EXCHANGE],
-                                                             PRICE: price, VOLUME: volume},
-                      [(first[k], first[k] + lengths[k]) for k in ends])
-    last = np.array([first[k] + lengths[k] - 1 for k in ends], dtype=np.int64)  # each state's last tick
-    for k, recent, last_ts, last_action in zip(ends, keys, ts[last].tolist(), action[last].tolist(), strict=True):
-        call, _, _, begin = series[k]
-        states[call] = SymbolState(history=tails[k], last_ts=last_ts, high_water=begin.high_water,
-                                   recent=recent, last_action=last_action, pending=begin.pending)
-    return states, signals
+    # a call's new state continues its last series (an earlier one of the same call was cut by a gap)
+    ends = np.flatnonzero(np.append(series_call[1:] != series_call[:-1], True))
+    last = first[ends] + lengths[ends] - 1  # each state's last tick
+    tail_at = layout.segments(layout.starts(tail_len)[ends], tail_len[ends])
+    recent_len, recent = _last_keys(states, row[ends], fresh[ends], {TS_MS: ts, EXCHANGE: ticks[EXCHANGE],
+                                                                    PRICE: price, VOLUME: volume},
+                                    first[ends], lengths[ends])
+    computed = States(last_ts=layout.objects(ts[last].tolist()), high_water=states.high_water[filled],
+                      last_action=layout.objects(action[last].tolist()), pending=states.pending[filled],
+                      history_len=tail_len[ends], history=tuple(c[tail_at] for c in tails),
+                      recent_len=recent_len, recent=recent)
+    if len(filled) == len(states):
+        return computed, signals
+    order = np.arange(len(states))  # the calls without ready ticks keep their states
+    order[filled] = len(states) + np.arange(len(filled))
+    return (states + computed).take(order), signals
+
+
+def _series(ts: np.ndarray, counts: np.ndarray, last_seen: np.ndarray,
+            cfg: KernelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The series in calls' ready ticks laid end to end (``counts`` a call; each call's event times
+    ``ts`` in order): a call's ticks are one series, but for a gap longer than the idle timeout, from one
+    tick to the next or from the call's last processed tick (``last_seen``, _NO_HIGH_WATER for none).
+    Returns each series' call (its index in ``counts``), its length, and whether it begins after such
+    a gap (from a blank state)."""
+    call_start = layout.starts(counts)
+    previous = np.empty_like(ts)
+    previous[1:] = ts[:-1]
+    previous[call_start] = np.where(last_seen == _NO_HIGH_WATER, ts[call_start], last_seen)
+    gap = ts - previous > cfg.idle_timeout_ms
+    begins = gap.copy()
+    begins[call_start] = True
+    first = np.flatnonzero(begins)
+    call = np.repeat(np.arange(len(counts)), counts)[first]
+    return call, np.diff(np.append(first, len(ts))), gap[first]
+
+
+def _last_keys(states: States, rows: np.ndarray, fresh: np.ndarray, ticks: Columns, first: np.ndarray,
+               lengths: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """The duplicate keys of new states: each continues row ``rows`` of ``states`` (a blank state where
+    ``fresh``) with the ``lengths`` ticks from ``first`` of ``ticks``, and keeps the key columns of the
+    last HISTORY of its row's keys and those ticks. Returns their lengths and their columns, laid out
+    end to end (one gather a column for all the states)."""
+    taken = np.minimum(lengths, indicators.HISTORY)
+    had = states.recent_len[rows]
+    kept = np.where(fresh | (had < 0), 0, np.minimum(indicators.HISTORY - taken, had))
+    held = np.maximum(states.recent_len, 0)
+    old = layout.starts(held)[rows] + np.maximum(had, 0) - kept  # the last `kept` of the row's keys
+    new = len(states.recent[0]) + first + lengths - taken  # the last `taken` ticks, after the keys
+    at = layout.segments(np.column_stack([old, new]).ravel(), np.column_stack([kept, taken]).ravel())
+    return kept + taken, tuple(np.concatenate([keys, ticks[c]]).astype(_KEY_DTYPES.get(c, object), copy=False)[at]
+                               for c, keys in zip(_KEY, states.recent, strict=True))
 
 
 def _signal_rows(symbol: np.ndarray, ticks: Columns, ind: dict, cols: dict, version: str) -> dict[str, np.ndarray]:

@@ -313,7 +313,9 @@ def test_a_bucket_of_symbols_gives_each_the_rows_and_state_it_gets_alone(orderin
                 frame = with_validation_reject(frame.iloc[:1]).iloc[1:]  # only a validation reject
             calls.append((s, kernel.columns_of(frame.reset_index(drop=True)), states[s]))
         watermark = clock - 5_000
-        output, after = kernel.process_bucket(calls, cfg, watermark)
+        output, after = kernel.process_bucket([s for s, _, _ in calls], [cols for _, cols, _ in calls],
+                                              kernel.States.of([before for _, _, before in calls]), cfg, watermark)
+        assert len(after) == len(calls)
         want_rows, want_states = [], {}
         for s, cols, before in calls:
             alone = kernel.process(s, cols, before, cfg, watermark)
@@ -324,7 +326,8 @@ def test_a_bucket_of_symbols_gives_each_the_rows_and_state_it_gets_alone(orderin
         assert sorted(got_rows) == sorted(want_rows), f"batch {batch}"
         for s in symbols:  # and each symbol's signals in their order
             assert _signals_of(s, got_rows) == _signals_of(s, want_rows)
-        for (s, _, _), state in zip(calls, after, strict=True):
+        for row, (s, _, _) in enumerate(calls):
+            state = after.state(row)
             assert state_fields(state) == state_fields(want_states[s]), f"batch {batch} symbol {s}"
             states[s] = state
     assert alone_signals > 0 and series_split
@@ -374,7 +377,11 @@ def test_the_calls_prepare_would_pass_through_are_found_for_a_bucket_at_once(ord
              for name, (frame, state, _) in cases.items()]
     skip = ordering == "event_time" and watermark is not None
     want = {name: clean and not skip for name, (_, _, clean) in cases.items()}
-    assert dict(zip(cases, (t is not None for t in kernel._clean_calls(calls, cfg, watermark)), strict=True)) == want
-    got = kernel._prepare_bucket(calls, cfg, watermark)
-    for (name, cols, state), prepared in zip(calls, got, strict=True):
-        assert _prepared(prepared) == _prepared(kernel._prepare(name, cols, state, cfg, watermark)), name
+    names, columns = list(cases), [cols for _, cols, _ in calls]
+    states = kernel.States.of([state for _, _, state in calls])
+    assert dict(zip(names, (t is not None for t in kernel._clean_calls(columns, states, cfg, watermark)),
+                    strict=True)) == want
+    outputs, ready, prepared = kernel._prepare_bucket(names, columns, states, cfg, watermark)
+    for row, (name, cols, state) in enumerate(calls):
+        assert _prepared((outputs[row], ready[row], prepared.state(row))) == _prepared(
+            kernel._prepare(name, cols, state, cfg, watermark)), name

@@ -82,13 +82,13 @@ def per_symbol_handler(cfg: KernelConfig):
         before = pickle.loads(gs.get[1]) if gs.exists else SymbolState()
         cols = state.by_symbol(frames).get(key[0], state._NO_TICKS)
         result = kernel.process(key[0], cols, before, cfg, watermark)
-        timeout = state._timeout(result.state, watermark, cfg)
-        if timeout is None:
+        (timeout,), (kept,) = state._timeouts(kernel.States.of([result.state]), watermark, cfg)
+        if not kept:
             if gs.exists:
                 gs.remove()
         else:
             gs.update((0, pickle.dumps(result.state)))
-            gs.setTimeoutTimestamp(timeout)
+            gs.setTimeoutTimestamp(int(timeout))
         yield result.output
 
     return handle
@@ -218,8 +218,8 @@ def test_a_symbols_state_pickles_exactly_and_formats_2_to_4_still_load(ordering)
         blob = (fmt, pickle.dumps((BUCKETS, {"A": (T0, old), "B": (T0 + 1, pickle.dumps(SymbolState()))})))
         loaded = state.load_bucket(_state(blob, 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
         assert loaded.symbols.tolist() == ["A", "B"] and loaded.timeouts.tolist() == [T0, T0 + 1]
-        assert state_fields(loaded.state(0)) == state_fields(after), f"format {fmt}"
-        assert state_fields(loaded.state(1)) == state_fields(SymbolState()), f"format {fmt}"
+        assert state_fields(loaded.states.state(0)) == state_fields(after), f"format {fmt}"
+        assert state_fields(loaded.states.state(1)) == state_fields(SymbolState()), f"format {fmt}"
     with pytest.raises(state.StateFormatError, match="format 1, this version reads 2, 3, 4 and 5: start from a new"):
         state.load_bucket(_state((1, blob[1]), 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
 
@@ -279,11 +279,13 @@ def test_a_batch_replaces_its_symbols_rows_in_place_drops_the_finished_and_appen
     table = state.StateTable.of(rows[:4])
     fresh = SymbolState(high_water=T0 + 7)
     # called: B (row 1, new state), D (row 3, no state kept) and E|F (new to the bucket)
-    after = state._next_table(table, [1, 3, None], [("B", T0 + 8, fresh), ("E|F", T0 + 3, rows[4][2])])
+    kept = state.StateTable.of([("B", T0 + 8, fresh), ("E|F", T0 + 3, rows[4][2])])
+    after = state._next_table(table, np.array([1, 3, -1]), np.array([0, 2]), kept)
     assert _table_fields(after) == [(s, t, state_fields(x)) for s, t, x in
                                     [rows[0], ("B", T0 + 8, fresh), rows[2], rows[4]]]
-    assert _table_fields(state._next_table(table, [], [])) == _table_fields(table)
-    assert len(state._next_table(table, [0, 1, 2, 3], [])) == 0
+    none, nothing = np.array([], dtype=np.int64), state.StateTable.of([])
+    assert _table_fields(state._next_table(table, none, none, nothing)) == _table_fields(table)
+    assert len(state._next_table(table, np.array([0, 1, 2, 3]), none, nothing)) == 0
 
 
 def test_duplicate_keys_the_history_does_not_hold_are_pickled_with_their_own_values():

@@ -10,7 +10,6 @@ waiting for the watermark in ``event_time`` mode.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pickle
 from collections.abc import Iterator
 
@@ -21,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming.state import GroupState
 
-from marketsignals import indicators, kernel, pyworker
+from marketsignals import kernel, layout, pyworker
 from marketsignals.kernel import Columns, KernelConfig, SymbolState
 from marketsignals.schema import EXCHANGE, RAW, REASON, SYMBOL, TOPIC, TS_MS
 
@@ -97,81 +96,37 @@ class StateFormatError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class StateTable:
-    """A bucket's symbols' states (SymbolState) and timers as columns, one row a symbol. A row's history
-    and duplicate keys are its segment of columns laid end to end (their lengths per row; -1: no keys).
-    The kernel's objects are made only for the symbols a batch calls (:meth:`state`); the rows a batch
-    keeps are carried over as they are (:meth:`take`)."""
+    """A bucket's symbols, their timers and their states (kernel.States: columns, one row a symbol). The
+    kernel takes the rows a batch calls as they are, and the rows a batch keeps are carried over by
+    gathers (:meth:`take`); no symbol's state is an object of its own in between."""
 
     symbols: np.ndarray  # object: str
     timeouts: np.ndarray  # int64
-    last_ts: np.ndarray  # object: int | None
-    high_water: np.ndarray  # object: int | None
-    last_action: np.ndarray  # object: str
-    pending: np.ndarray  # object: kernel.packed_pending's form, None without waiting ticks (arrival mode)
-    history_len: np.ndarray  # int64
-    history: tuple[np.ndarray, np.ndarray, np.ndarray]  # price, volume, price_change_pct: float64
-    recent_len: np.ndarray  # int64, -1: none
-    recent: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # kernel._KEY: int64, object, float64, int64
+    states: kernel.States
 
     @classmethod
     def of(cls, rows: list[tuple[str, int, SymbolState]]) -> StateTable:
         """The table of (symbol, timeout, state) rows."""
-        states = [s for _, _, s in rows]
-        history = [s.history for s in states]
-        recent = [s.recent for s in states if s.recent is not None]
-        return cls(
-            symbols=_objects([symbol for symbol, _, _ in rows]),
-            timeouts=np.array([timeout for _, timeout, _ in rows], dtype=np.int64),
-            last_ts=_objects([s.last_ts for s in states]), high_water=_objects([s.high_water for s in states]),
-            last_action=_objects([s.last_action for s in states]),
-            pending=_objects([kernel.packed_pending(s.pending) for s in states]),
-            history_len=np.array([len(h) for h in history], dtype=np.int64),
-            history=tuple(_joined([getattr(h, c) for h in history], np.float64)
-                          for c in ("price", "volume", "price_change_pct")),
-            recent_len=np.array([-1 if s.recent is None else len(s.recent[TS_MS]) for s in states], dtype=np.int64),
-            recent=tuple(_joined([r[c] for r in recent], kernel._KEY_DTYPES.get(c, object)) for c in kernel._KEY),
-        )
+        return cls(layout.objects([symbol for symbol, _, _ in rows]),
+                   np.array([timeout for _, timeout, _ in rows], dtype=np.int64),
+                   kernel.States.of([s for _, _, s in rows]))
 
     def __len__(self) -> int:
         return len(self.symbols)
 
-    def state(self, row: int) -> SymbolState:
-        """The kernel's state of one row's symbol (its arrays are views of the table's columns)."""
-        history_at, recent_at = self._starts
-        lo, hi = history_at[row], history_at[row + 1]
-        history = indicators.History(*(c[lo:hi] for c in self.history))
-        recent = None
-        if self.recent_len[row] >= 0:
-            lo, hi = recent_at[row], recent_at[row + 1]
-            recent = {k: c[lo:hi] for k, c in zip(kernel._KEY, self.recent, strict=True)}
-        return SymbolState(history, self.last_ts[row], self.high_water[row], recent, self.last_action[row],
-                           kernel.unpacked_pending(self.pending[row]))
-
-    @functools.cached_property
-    def _starts(self) -> tuple[list[int], list[int]]:
-        """Where each row's history and keys start in their columns (and where the last row's end)."""
-        return tuple(np.concatenate([[0], np.cumsum(np.maximum(n, 0))]).tolist()
-                     for n in (self.history_len, self.recent_len))
-
     def rows(self) -> Iterator[tuple[str, int, SymbolState]]:
         """Each row's (symbol, timeout, state), in order."""
         for row, (symbol, timeout) in enumerate(zip(self.symbols.tolist(), self.timeouts.tolist(), strict=True)):
-            yield symbol, timeout, self.state(row)
+            yield symbol, timeout, self.states.state(row)
 
     def take(self, rows: np.ndarray) -> StateTable:
         """The table of ``rows`` (indices, in that order)."""
-        history, recent = _spans(self.history_len, rows), _spans(np.maximum(self.recent_len, 0), rows)
-        return StateTable(
-            symbols=self.symbols[rows], timeouts=self.timeouts[rows], last_ts=self.last_ts[rows],
-            high_water=self.high_water[rows], last_action=self.last_action[rows], pending=self.pending[rows],
-            history_len=self.history_len[rows], history=tuple(c[history] for c in self.history),
-            recent_len=self.recent_len[rows], recent=tuple(c[recent] for c in self.recent))
+        return StateTable(self.symbols[rows], self.timeouts[rows], self.states.take(rows))
 
     def __add__(self, other: StateTable) -> StateTable:
         """Both tables' rows, this one's first."""
-        pairs = ((getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self))
-        return StateTable(*(tuple(map(np.concatenate, zip(a, b, strict=True))) if isinstance(a, tuple)
-                            else np.concatenate([a, b]) for a, b in pairs))
+        return StateTable(np.concatenate([self.symbols, other.symbols]),
+                          np.concatenate([self.timeouts, other.timeouts]), self.states + other.states)
 
     def __reduce__(self):
         # The numbers as one bytes string, the text as lists; the keys' exchanges (a bucket's few, ~15,000
@@ -180,19 +135,20 @@ class StateTable:
         # The keys' prices and volumes are the history's own when every row keeps the same last ticks in
         # both, as format 4 found symbol by symbol: then, checked bit for bit, they are pickled once (a
         # row's keys are then read from the history's column at the keys' own offsets).
-        ts, exchange, price, volume = self.recent
+        s = self.states
+        ts, exchange, price, volume = s.recent
         codes, exchanges = pd.factorize(exchange)
         if len(codes) and codes.min() < 0:
             code_dtype, codes, exchanges = None, b"", exchange
         else:
             codes = codes.astype(np.min_scalar_type(len(exchanges)))
             code_dtype, codes = codes.dtype.str, codes.tobytes()
-        shared = kernel.shared_keys(price, volume, *self.history[:2])  # the columns end to end: no row apart
-        numbers = [self.timeouts, self.history_len, self.recent_len, *self.history,
+        shared = kernel.shared_keys(price, volume, *s.history[:2])  # the columns end to end: no row apart
+        numbers = [self.timeouts, s.history_len, s.recent_len, *s.history,
                    *kernel.packed_keys(ts, price, volume, shared)]
         return _state_table, (b"".join(a.tobytes() for a in numbers), len(self), len(ts), shared,
-                              self.symbols.tolist(), self.last_ts.tolist(), self.high_water.tolist(),
-                              self.last_action.tolist(), self.pending.tolist(), exchanges.tolist(), code_dtype, codes)
+                              self.symbols.tolist(), s.last_ts.tolist(), s.high_water.tolist(),
+                              s.last_action.tolist(), s.pending.tolist(), exchanges.tolist(), code_dtype, codes)
 
 
 def _state_table(numbers: bytes, rows: int, keys: int, shared: int, symbols: list, last_ts: list, high_water: list,
@@ -203,29 +159,12 @@ def _state_table(numbers: bytes, rows: int, keys: int, shared: int, symbols: lis
     n, at = int(history_len.sum()), 3 * rows
     history = tuple(floats[at + k * n:at + (k + 1) * n] for k in range(3))
     ts, price, volume = kernel.unpacked_keys(ints[at + 3 * n:], keys, shared, *history[:2])
-    exchange = _objects(exchanges)
+    exchange = layout.objects(exchanges)
     if code_dtype is not None:
         exchange = exchange[np.frombuffer(codes, dtype=code_dtype)]
-    return StateTable(_objects(symbols), timeouts, _objects(last_ts), _objects(high_water), _objects(last_action),
-                      _objects(pending), history_len, history, recent_len,
-                      (ts, exchange, price, volume))
-
-
-def _objects(values: list) -> np.ndarray:
-    """A 1-d object array of ``values`` (np.array would make a 2-d array of equal-length tuples)."""
-    return np.fromiter(values, dtype=object, count=len(values))
-
-
-def _joined(arrays: list[np.ndarray], dtype) -> np.ndarray:
-    return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.empty(0, dtype=dtype)
-
-
-def _spans(lengths: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The positions, in a column laid out as consecutive segments of ``lengths``, of the segments of
-    ``rows`` (in that order, end to end)."""
-    starts = np.cumsum(lengths) - lengths
-    n = lengths[rows]
-    return np.repeat(starts[rows] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+    states = kernel.States(layout.objects(last_ts), layout.objects(high_water), layout.objects(last_action),
+                           layout.objects(pending), history_len, history, recent_len, (ts, exchange, price, volume))
+    return StateTable(layout.objects(symbols), timeouts, states)
 
 
 _EMPTY = StateTable.of([])
@@ -264,45 +203,47 @@ def make_handler(cfg: KernelConfig, buckets: int):
         row_of = dict(zip(table.symbols.tolist(), range(len(table)), strict=True))
         due = [s for s in table.symbols[table.timeouts < watermark].tolist() if s not in ticks]
         symbols = [*ticks, *due]
-        rows = [row_of.get(symbol) for symbol in symbols]
-        calls = [(symbol, ticks.get(symbol, _NO_TICKS), SymbolState() if row is None else table.state(row))
-                 for symbol, row in zip(symbols, rows, strict=True)]
-        output, after = kernel.process_bucket(calls, cfg, watermark)
-        kept = [(symbol, timeout, symbol_state) for symbol, symbol_state in zip(symbols, after, strict=True)
-                if (timeout := _timeout(symbol_state, watermark, cfg)) is not None]
-        _save(_next_table(table, rows, kept), buckets, state)
+        rows = np.array([row_of.get(symbol, -1) for symbol in symbols], dtype=np.int64)
+        output, after = kernel.process_bucket(symbols, [ticks.get(symbol, _NO_TICKS) for symbol in symbols],
+                                              table.states.called(rows), cfg, watermark)
+        timeouts, kept = _timeouts(after, watermark, cfg)
+        kept = np.flatnonzero(kept)
+        called = StateTable(layout.objects(symbols)[kept], timeouts[kept], after.take(kept))
+        _save(_next_table(table, rows, kept, called), buckets, state)
         yield output
 
     return handle
 
 
-def _next_table(table: StateTable, rows: list[int | None], kept: list[tuple[str, int, SymbolState]]) -> StateTable:
+def _next_table(table: StateTable, rows: np.ndarray, kept: np.ndarray, called: StateTable) -> StateTable:
     """The bucket's table after a batch: its rows in their order, a called one (``rows``: each call's
-    row, None for a symbol new to the bucket) replaced by its symbol's new state or gone (no state
-    kept: not in ``kept``), then the new symbols' rows, in call order."""
+    row, -1 for a symbol new to the bucket) replaced by its symbol's new state or gone (no state kept:
+    not in ``kept``, the calls whose rows ``called`` holds), then the new symbols' rows, in call order."""
     n = len(table)
-    row_of_new = {symbol: n + k for k, (symbol, _, _) in enumerate(kept)}
+    new_row = np.full(len(rows), -1, dtype=np.int64)
+    new_row[kept] = n + np.arange(len(kept))
     order = np.arange(n)
-    for row in rows:
-        if row is not None:
-            order[row] = row_of_new.pop(table.symbols[row], -1)
-    order = np.concatenate([order[order >= 0], np.fromiter(row_of_new.values(), dtype=np.int64)])
-    return (table + StateTable.of(kept) if kept else table).take(order)
+    known = rows >= 0
+    order[rows[known]] = new_row[known]
+    order = np.concatenate([order[order >= 0], new_row[~known & (new_row >= 0)]])
+    return (table + called if len(called) else table).take(order)
 
 
-def _timeout(after: SymbolState, watermark: int, cfg: KernelConfig) -> int | None:
-    """When the symbol's timer fires; None: keep no state for it."""
-    if after.high_water is None and not after.has_pending:
-        return None  # no valid tick ever seen for this symbol (e.g. only rejected input)
-    if after.has_pending:
-        # wake up when the watermark passes the oldest waiting tick (Spark fires once
-        # timeout < watermark, the kernel's release rule; the kernel released every tick before the
-        # watermark, so the oldest waiting one is at or after it -- a valid timeout)
-        return int(after.pending["ts_ms"].min())
+def _timeouts(after: kernel.States, watermark: int, cfg: KernelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """When each symbol's timer fires, and whether to keep its state at all."""
     # idle eviction: once the watermark is past the symbol's newest tick + the idle timeout,
-    # the next tick starts a new series anyway (the kernel resets on such a gap)
-    timeout = int(after.high_water) + cfg.idle_timeout_ms
-    return None if timeout <= watermark else timeout
+    # the next tick starts a new series anyway (the kernel resets on such a gap); no state at all
+    # for a symbol that never had a valid tick (e.g. only rejected input)
+    seen = ~np.equal(after.high_water, None)
+    timeouts = np.where(seen, after.high_water, 0).astype(np.int64) + cfg.idle_timeout_ms
+    kept = seen & (timeouts > watermark)
+    for row, packed in enumerate(after.pending.tolist()):
+        if packed is not None and len(waiting := kernel.unpacked_pending(packed)[TS_MS]):
+            # wake up when the watermark passes the oldest waiting tick (Spark fires once
+            # timeout < watermark, the kernel's release rule; the kernel released every tick before the
+            # watermark, so the oldest waiting one is at or after it -- a valid timeout)
+            timeouts[row], kept[row] = int(waiting.min()), True
+    return timeouts, kept
 
 
 def _save(table: StateTable, buckets: int, state: GroupState) -> None:
