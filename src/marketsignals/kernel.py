@@ -388,63 +388,89 @@ def process(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
     duplicates, indicators, risk and emission. ``ticks`` may carry ``reason``/``raw`` (rejected by
     validation: passed straight to the output). ``watermark_ms`` is the stream's watermark; None in
     the backtest, where history is processed in event-time order and nothing is late."""
-    output, after = process_bucket([symbol], [ticks], States.of([state]), cfg, watermark_ms)
+    output, after = process_bucket([symbol], ticks, np.array([_length(ticks)]), States.of([state]), cfg, watermark_ms)
     return KernelResult(output, after.state(0), int(output[PROCESSED].iloc[-1]))
 
 
-def process_bucket(symbols: list[str], ticks: list[Columns], states: States, cfg: KernelConfig,
+def process_bucket(symbols: list[str], ticks: Columns, counts: np.ndarray, states: States, cfg: KernelConfig,
                    watermark_ms: int | None) -> tuple[pd.DataFrame, States]:
-    """:func:`process` for several symbols at once: each call (a symbol, its ticks and its row of
-    ``states``) gives the same rows and new state as on its own, but indicators, risk and emission run
-    in one numpy pass over all the calls' ticks (at ~20 ticks a symbol, numpy's cost per call was most
-    of the kernel's), and the states are taken and given as columns (a row a call). One OUTPUT_SCHEMA
-    frame: every call's rejects, then the signals (each symbol's in its order), then one count row per call."""
-    outputs, ready, prepared = _prepare_bucket(symbols, ticks, states, cfg, watermark_ms)
-    after, signals = _compute(symbols, ready, prepared, cfg)
+    """:func:`process` for several symbols at once: each call (a symbol, its next ``counts`` ticks of
+    ``ticks``, the calls' ticks laid end to end, and its row of ``states``) gives the same rows and new
+    state as on its own, but indicators, risk and emission run in one numpy pass over all the calls'
+    ticks (at ~20 ticks a symbol, numpy's cost per call was most of the kernel's), and the states are
+    taken and given as columns (a row a call). One OUTPUT_SCHEMA frame: every call's rejects, then the
+    signals (each symbol's in its order), then one count row per call."""
+    outputs, ready, ready_counts, prepared = _prepare_bucket(symbols, ticks, counts, states, cfg, watermark_ms)
+    after, signals = _compute(symbols, ready, ready_counts, prepared, cfg)
     parts = [part for out in outputs for part in out.parts]
     if signals is not None:
         parts.append(signals)
     parts.append({KIND: np.full(len(symbols), KIND_COUNT, dtype=object), SYMBOL: layout.objects(symbols),
-                  PROCESSED: np.array([_length(r) for r in ready], dtype=np.int64)})
+                  PROCESSED: ready_counts})
     return _frame(parts), after
 
 
-def _prepare_bucket(symbols: list[str], ticks: list[Columns], states: States, cfg: KernelConfig,
-                    watermark_ms: int | None) -> tuple[list[_Output], list[Columns], States]:
+def joined(calls: list[Columns]) -> tuple[Columns, np.ndarray]:
+    """Calls' ticks (see :func:`columns_of`) laid end to end as :func:`process_bucket` takes them, and
+    how many each call has (a call without validation rejects may lack the reason and raw columns)."""
+    names = {c: None for call in calls for c in call}
+    columns = {c: np.concatenate([call[c] if c in call else np.full(_length(call), None, dtype=object)
+                                  for call in calls]) for c in names}
+    return columns, np.array([_length(call) for call in calls], dtype=np.int64)
+
+
+def _prepare_bucket(symbols: list[str], ticks: Columns, counts: np.ndarray, states: States, cfg: KernelConfig,
+                    watermark_ms: int | None) -> tuple[list[_Output], Columns, np.ndarray, States]:
     """:func:`_prepare` of each call. Most calls need none of its work but the new high-water mark:
     their ticks hold no validation reject, come in rising event time, all after the symbol's last
     processed tick, none late, and no tick is waiting (arrival mode). Which do is found for all the
-    calls at once, from their ticks laid end to end (a handful of numpy passes for a bucket, not a
-    dozen numpy calls a symbol); the others go through :func:`_prepare`. Returns each call's output
-    and ready ticks, and the states with their new high-water marks and event-time buffers."""
-    clean = _clean_calls(ticks, states, cfg, watermark_ms)
-    outputs, ready = [], []
+    calls at once (a handful of numpy passes for a bucket, not a dozen numpy calls a symbol): their
+    ticks stay where they are, and only the others go through :func:`_prepare`. Returns each call's
+    output, the ticks ready to compute (end to end, as many a call as the counts say), and the states
+    with their new high-water marks and event-time buffers."""
+    clean, newest = _clean_calls(ticks, counts, states, cfg, watermark_ms)
     high_water, pending = states.high_water.copy(), states.pending.copy()
-    for call, (symbol, call_ticks, top) in enumerate(zip(symbols, ticks, clean, strict=True)):
-        if top is None:
-            out, call_ready, state = _prepare(symbol, call_ticks, states.state(call), cfg, watermark_ms)
-            high_water[call], pending[call] = state.high_water, packed_pending(state.pending)
-        else:
-            out, call_ready = _NO_REJECTS, _typed(call_ticks)
-            high_water[call] = top if high_water[call] is None else max(high_water[call], top)
-            pending[call] = None
-        outputs.append(out)
-        ready.append(call_ready)
-    return outputs, ready, dataclasses.replace(states, high_water=high_water, pending=pending)
+    at = np.flatnonzero(clean)
+    high_water[at] = layout.objects(np.maximum(_times(high_water[at]), newest[at]).tolist())
+    pending[at] = None
+    outputs = [_NO_REJECTS] * len(symbols)
+    ready_counts = counts.copy()
+    pieces: dict[str, list[np.ndarray]] = {c: [] for c in _PENDING}
+    end = np.cumsum(counts).tolist()
+    done = 0  # the ticks up to here are in pieces
+    general = np.flatnonzero(~clean).tolist()
+    for call in general:
+        lo, hi = end[call] - counts[call], end[call]
+        out, ready, state = _prepare(symbols[call], {c: v[lo:hi] for c, v in ticks.items()}, states.state(call), cfg,
+                                     watermark_ms)
+        outputs[call], ready_counts[call] = out, _length(ready)
+        high_water[call], pending[call] = state.high_water, packed_pending(state.pending)
+        for c, p in pieces.items():
+            p += [ticks[c][done:lo], ready[c]]
+        done = hi
+    if general:
+        ready = {c: np.concatenate([*p, ticks[c][done:]]) for c, p in pieces.items()}
+    else:
+        ready = {c: ticks[c] for c in _PENDING}
+    # Typed once all rejects are out. A clean call's column may be float64 (its bucket held a validation
+    # reject, whose null Arrow gives as NaN) beside another call's typed int64: its values came from
+    # float64 too, so they are exact through the float64 of the concatenation.
+    return outputs, _typed(ready), ready_counts, dataclasses.replace(states, high_water=high_water, pending=pending)
 
 
-def _clean_calls(ticks: list[Columns], states: States, cfg: KernelConfig, watermark_ms: int | None) -> list[int | None]:
-    """For each call, its newest event time if :func:`_prepare` would only raise its high-water mark
-    with it (see :func:`_prepare_bucket`), else None."""
-    if not ticks or (cfg.ordering == "event_time" and watermark_ms is not None):
-        return [None] * len(ticks)  # event_time mode: ticks wait for the watermark (_prepare)
-    lengths = np.array([_length(t) for t in ticks], dtype=np.int64)
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    filled = lengths > 0
+def _clean_calls(ticks: Columns, counts: np.ndarray, states: States, cfg: KernelConfig,
+                 watermark_ms: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Which calls :func:`_prepare` would only raise the high-water mark of (see :func:`_prepare_bucket`),
+    and each call's newest event time (meaningful for those)."""
+    none = np.zeros(len(counts), dtype=bool)
+    if not len(counts) or (cfg.ordering == "event_time" and watermark_ms is not None):
+        return none, none.astype(np.int64)  # event_time mode: ticks wait for the watermark (_prepare)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    filled = counts > 0
     if not filled.any():
-        return [None] * len(ticks)
-    ts = np.concatenate([t[TS_MS] for t in ticks])
+        return none, none.astype(np.int64)
+    ts = ticks[TS_MS]
     if ts.dtype == object:  # a validation reject's null time (its call is not clean: the reason says so)
         ts = ts.astype(np.float64)
     # steps that do not rise (or involve a NaN time), counted up to each position: a call's own are
@@ -454,10 +480,9 @@ def _clean_calls(ticks: list[Columns], states: States, cfg: KernelConfig, waterm
     last = np.where(filled, ends - 1, 0)
     first = np.where(filled, starts, 0)
     clean = filled & (falls[last] == falls[first])
-    if any(REASON in t for t in ticks):
-        reasons = np.concatenate([t[REASON] if REASON in t else np.full(_length(t), None, dtype=object) for t in ticks])
+    if REASON in ticks:
         bad = np.zeros(len(ts) + 1, dtype=np.int64)
-        np.cumsum(pd.notna(reasons), out=bad[1:])
+        np.cumsum(pd.notna(ticks[REASON]), out=bad[1:])
         clean &= bad[ends] == bad[starts]
     oldest, newest = ts[first], ts[last]
     clean &= oldest > _times(states.last_ts)
@@ -466,7 +491,7 @@ def _clean_calls(ticks: list[Columns], states: States, cfg: KernelConfig, waterm
         clean &= ~np.array([_has_pending(p) for p in pending], dtype=bool)
     if watermark_ms is not None:
         clean &= _none_late(oldest, newest, _times(states.high_water), watermark_ms, cfg)
-    return [int(t) if ok else None for ok, t in zip(clean.tolist(), newest.tolist(), strict=True)]
+    return clean, np.where(clean, newest, 0).astype(np.int64)
 
 
 def _prepare(symbol: str, ticks: Columns, state: SymbolState, cfg: KernelConfig,
@@ -587,24 +612,22 @@ def _times(values: np.ndarray) -> np.ndarray:
     return np.where(np.equal(values, None), _NO_HIGH_WATER, values).astype(np.int64)
 
 
-def _compute(symbols: list[str], ready: list[Columns], states: States,
+def _compute(symbols: list[str], ticks: Columns, counts: np.ndarray, states: States,
              cfg: KernelConfig) -> tuple[States, dict[str, np.ndarray] | None]:
-    """Indicators, risk and emission for each call's ready ticks (in order), all calls in one pass.
-    A gap longer than the idle timeout starts a new series -- exactly what evicting an idle symbol's
-    state does in the stream. Returns the calls' new states and the signal rows of all (or None)."""
-    counts = np.array([_length(r) for r in ready], dtype=np.int64)
+    """Indicators, risk and emission for each call's ready ticks (``counts`` a call of ``ticks``, end to
+    end, each call's in order), all calls in one pass. A gap longer than the idle timeout starts a new
+    series -- exactly what evicting an idle symbol's state does in the stream. Returns the calls' new
+    states and the signal rows of all (or None)."""
     filled = np.flatnonzero(counts)
     if not len(filled):
         return states, None
-    # all calls' ticks end to end (their series are consecutive pieces of them)
-    ticks = {c: np.concatenate([ready[call][c] for call in filled.tolist()]) for c in _PENDING}
-    ts = ticks[TS_MS].astype(np.int64, copy=False)
+    ts = ticks[TS_MS]
     series_call, lengths, fresh = _series(ts, counts[filled], _times(states.last_ts[filled]), cfg)
     row = filled[series_call]  # the row of states each series continues (unless fresh: a blank state)
     history_len = np.where(fresh, 0, states.history_len[row])
     history_at = layout.segments(layout.starts(states.history_len)[row], history_len)
-    price = ticks[PRICE].astype(np.float64)
-    volume = ticks[VOLUME].astype(np.int64)
+    price = ticks[PRICE].astype(np.float64, copy=False)
+    volume = ticks[VOLUME].astype(np.int64, copy=False)
     ind, tails, tail_len = indicators.rolling_indicators_many(
         price, volume, ticks[BID], ticks[ASK], lengths, history_len, tuple(c[history_at] for c in states.history))
     cols = risk.risk_columns(price, volume, ind, cfg.strategy)

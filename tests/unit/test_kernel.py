@@ -313,7 +313,7 @@ def test_a_bucket_of_symbols_gives_each_the_rows_and_state_it_gets_alone(orderin
                 frame = with_validation_reject(frame.iloc[:1]).iloc[1:]  # only a validation reject
             calls.append((s, kernel.columns_of(frame.reset_index(drop=True)), states[s]))
         watermark = clock - 5_000
-        output, after = kernel.process_bucket([s for s, _, _ in calls], [cols for _, cols, _ in calls],
+        output, after = kernel.process_bucket([s for s, _, _ in calls], *kernel.joined([c for _, c, _ in calls]),
                                               kernel.States.of([before for _, _, before in calls]), cfg, watermark)
         assert len(after) == len(calls)
         want_rows, want_states = [], {}
@@ -371,17 +371,20 @@ def test_the_calls_prepare_would_pass_through_are_found_for_a_bucket_at_once(ord
                                                           watermark is None),
         "ticks waiting": (ticks(rising), SymbolState(last_ts=T0 + 20_000, high_water=T0 + 30_000,
                                                      pending={c: waiting[c] for c in kernel._PENDING}), False),
-        "no ticks": (ticks([])[:0], seen, False),
+        "no ticks": (ticks([T0 + 30_000])[:0], seen, False),  # (its columns typed as a stream's)
     }
     calls = [(name, kernel.columns_of(frame.reset_index(drop=True)), state)
              for name, (frame, state, _) in cases.items()]
     skip = ordering == "event_time" and watermark is not None
     want = {name: clean and not skip for name, (_, _, clean) in cases.items()}
-    names, columns = list(cases), [cols for _, cols, _ in calls]
+    names, (columns, counts) = list(cases), kernel.joined([cols for _, cols, _ in calls])
     states = kernel.States.of([state for _, _, state in calls])
-    assert dict(zip(names, (t is not None for t in kernel._clean_calls(columns, states, cfg, watermark)),
-                    strict=True)) == want
-    outputs, ready, prepared = kernel._prepare_bucket(names, columns, states, cfg, watermark)
+    clean, _ = kernel._clean_calls(columns, counts, states, cfg, watermark)
+    assert dict(zip(names, clean.tolist(), strict=True)) == want
+    outputs, ready, ready_counts, prepared = kernel._prepare_bucket(names, columns, counts, states, cfg, watermark)
+    ends = np.cumsum(ready_counts)
     for row, (name, cols, state) in enumerate(calls):
-        assert _prepared((outputs[row], ready[row], prepared.state(row))) == _prepared(
-            kernel._prepare(name, cols, state, cfg, watermark)), name
+        alone = kernel._prepare(name, cols, state, cfg, watermark)
+        mine = {c: v[ends[row] - ready_counts[row]:ends[row]] for c, v in ready.items()}
+        assert _prepared((outputs[row], mine, prepared.state(row))) == _prepared(
+            (alone[0], {c: alone[1][c] for c in kernel._PENDING}, alone[2])), name

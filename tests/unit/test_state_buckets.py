@@ -80,7 +80,8 @@ def per_symbol_handler(cfg: KernelConfig):
     def handle(key, frames, gs):
         watermark = max(gs.getCurrentWatermarkMs(), 0)
         before = pickle.loads(gs.get[1]) if gs.exists else SymbolState()
-        cols = state.by_symbol(frames).get(key[0], state._NO_TICKS)
+        symbols, cols, _ = state.by_symbol(frames)
+        assert symbols in ([], [key[0]])
         result = kernel.process(key[0], cols, before, cfg, watermark)
         (timeout,), (kept,) = state._timeouts(kernel.States.of([result.state]), watermark, cfg)
         if not kept:
@@ -145,10 +146,13 @@ def test_a_buckets_validation_rejects_keep_their_reason_and_raw_value():
     kernel then skips looking for them symbol by symbol); a bucket with one keeps them."""
     good = [_tick("A", T0 + i * 1000, i) for i in range(4)]
     bad = {**_tick("B", T0, 4), "ts_ms": None, "price": None, "reason": "not_json", "raw": "{oops"}
-    clean = state.by_symbol(iter(_frames(good)))
-    assert set(clean["A"]) == set(state.TICK_COLUMNS) - {"reason", "raw"}
-    mixed = state.by_symbol(iter(_frames([*good, bad])))
-    assert set(mixed["A"]) == set(mixed["B"]) == set(state.TICK_COLUMNS)
+    symbols, clean, counts = state.by_symbol(iter(_frames(good)))
+    assert symbols == ["A"] and counts.tolist() == [4]
+    assert set(clean) == set(state.TICK_COLUMNS) - {"reason", "raw"}
+    symbols, mixed, counts = state.by_symbol(iter(_frames([*good[:2], bad, *good[2:]])))
+    assert symbols == ["A", "B"] and counts.tolist() == [4, 1]
+    assert set(mixed) == set(state.TICK_COLUMNS)
+    assert mixed["symbol"].tolist() == ["A"] * 4 + ["B"] and mixed["offset"].tolist() == [0, 1, 2, 3, 4]
     handler = state.make_handler(KernelConfig(strategy=StrategySettings()), BUCKETS)
     [out] = handler((0,), iter(_frames([*good, bad])), _state(None, 0, GroupState.NO_TIMESTAMP, False))
     rejects = out[out.kind == kernel.KIND_REJECT]

@@ -51,28 +51,28 @@ def bucket_of(symbol: Column, buckets: int) -> Column:
 TICK_COLUMNS: tuple[str, ...] = (SYMBOL, *kernel.TICK_DTYPES, EXCHANGE, TOPIC, REASON, RAW)
 
 
-def by_symbol(frames: Iterator[pd.DataFrame]) -> dict[str, Columns]:
-    """A bucket's ticks split by symbol as the kernel's columns: symbols in the order they first come,
-    each symbol's ticks in input order. A column holding a validation reject may come as float64 or
-    object (Arrow gives a null int as NaN): the kernel types the valid ticks' columns once rejects are out.
-    Without a validation reject in the bucket, the reason and raw columns are left out."""
+def by_symbol(frames: Iterator[pd.DataFrame]) -> tuple[list[str], Columns, np.ndarray]:
+    """A bucket's ticks grouped by symbol as the kernel takes them: the symbols in the order they first
+    come, their ticks as columns laid end to end (a symbol's in input order) and how many each has. A
+    column holding a validation reject may come as float64 or object (Arrow gives a null int as NaN):
+    the kernel types the valid ticks' columns once rejects are out. Without a validation reject in the
+    bucket, the reason and raw columns are left out."""
     frames = [f for f in frames if len(f)]
     if not frames:
-        return {}
+        return [], _NO_TICKS, np.empty(0, dtype=np.int64)
     cols = {c: np.concatenate([f[c].to_numpy() for f in frames]) if len(frames) > 1 else frames[0][c].to_numpy()
             for c in TICK_COLUMNS}
     if pd.isna(cols[REASON]).all():  # no validation rejects: the kernel need not look for them per symbol
         del cols[REASON], cols[RAW]
     codes, symbols = pd.factorize(cols[SYMBOL])
-    if len(symbols) == 1:
-        return {symbols[0]: cols}
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(len(symbols) + 1)).tolist()
-    cols = {c: v[order] for c, v in cols.items()}
-    return {symbol: {c: v[bounds[i]:bounds[i + 1]] for c, v in cols.items()} for i, symbol in enumerate(symbols)}
+    if len(symbols) > 1:
+        order = np.argsort(codes, kind="stable")
+        cols = {c: v[order] for c, v in cols.items()}
+    return symbols.tolist(), cols, np.bincount(codes, minlength=len(symbols)).astype(np.int64)
 
 
 _NO_TICKS: Columns = {c: np.empty(0, dtype=kernel.TICK_DTYPES.get(c, object)) for c in TICK_COLUMNS}
+
 
 # A bucket's state, as one pickled blob: (buckets, StateTable), its symbols' states as columns. Spark
 # only stores bytes, the kernel owns the layout. STATE_FORMAT is bumped when that changes shape; an
@@ -199,13 +199,13 @@ def make_handler(cfg: KernelConfig, buckets: int):
     def handle(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
         watermark = max(state.getCurrentWatermarkMs(), 0)
         table = load_bucket(state, buckets)
-        ticks = by_symbol(frames)
+        symbols, ticks, counts = by_symbol(frames)
         row_of = dict(zip(table.symbols.tolist(), range(len(table)), strict=True))
-        due = [s for s in table.symbols[table.timeouts < watermark].tolist() if s not in ticks]
-        symbols = [*ticks, *due]
+        ticking = set(symbols)
+        symbols += [s for s in table.symbols[table.timeouts < watermark].tolist() if s not in ticking]  # timers due
         rows = np.array([row_of.get(symbol, -1) for symbol in symbols], dtype=np.int64)
-        output, after = kernel.process_bucket(symbols, [ticks.get(symbol, _NO_TICKS) for symbol in symbols],
-                                              table.states.called(rows), cfg, watermark)
+        counts = np.concatenate([counts, np.zeros(len(symbols) - len(counts), dtype=np.int64)])
+        output, after = kernel.process_bucket(symbols, ticks, counts, table.states.called(rows), cfg, watermark)
         timeouts, kept = _timeouts(after, watermark, cfg)
         kept = np.flatnonzero(kept)
         called = StateTable(layout.objects(symbols)[kept], timeouts[kept], after.take(kept))
