@@ -89,6 +89,15 @@ def _all_keys_duplicates(ticks, state):
     return dup
 
 
+def test_the_kernels_isin_is_numpys_for_few_times_and_many():
+    """_isin compares a call's few event times by broadcasting and leaves many to np.isin: the same
+    answer either way, empty sides included."""
+    rng = np.random.default_rng(3)
+    for n, m in ((0, 5), (5, 0), (1, 1), (20, 30), (64, 64), (65, 64), (3, 5_000), (2_000, 49)):
+        values, among = (T0 + rng.integers(0, 60, size) * 1000 for size in (n, m))
+        assert kernel._isin(values, among).tolist() == np.isin(values, among).tolist(), (n, m)
+
+
 @pytest.mark.parametrize("ordering", ["arrival", "event_time"])
 def test_duplicates_found_from_a_few_keys_are_those_found_from_all(ordering, monkeypatch):
     # copies of recent, waiting and same-call ticks, ticks sharing a time but not a price, older ticks

@@ -22,7 +22,7 @@ from pyspark.sql.streaming.state import GroupState
 
 from marketsignals import kernel, layout, pyworker
 from marketsignals.kernel import Columns, KernelConfig, SymbolState
-from marketsignals.schema import EXCHANGE, RAW, REASON, SYMBOL, TOPIC, TS_MS
+from marketsignals.schema import EXCHANGE, RAW, REASON, SYMBOL, TOPIC
 
 # A Spark Python worker imports this module to run the handler: from then on its tasks no longer
 # re-read every zip archive on its path, and its garbage collections skip what the imports made
@@ -238,7 +238,7 @@ def _timeouts(after: kernel.States, watermark: int, cfg: KernelConfig) -> tuple[
     timeouts = np.where(seen, after.high_water, 0).astype(np.int64) + cfg.idle_timeout_ms
     kept = seen & (timeouts > watermark)
     for row, packed in enumerate(after.pending.tolist()):
-        if packed is not None and len(waiting := kernel.unpacked_pending(packed)[TS_MS]):
+        if len(waiting := kernel.pending_times(packed)):
             # wake up when the watermark passes the oldest waiting tick (Spark fires once
             # timeout < watermark, the kernel's release rule; the kernel released every tick before the
             # watermark, so the oldest waiting one is at or after it -- a valid timeout)
