@@ -253,6 +253,7 @@ class States:
 
     @classmethod
     def of(cls, states: list[SymbolState]) -> States:
+        """The columns of ``states``, a row each."""
         history = [s.history for s in states]
         recent = [s.recent for s in states if s.recent is not None]
         return cls(

@@ -33,8 +33,9 @@ pyworker.prepare()
 # and GroupState, and turns every group's output into Arrow on its own -- at 10,000 symbols that
 # plumbing was half of the Python workers' time (py-spy), the kernel a third. So the stateful key is
 # a bucket of symbols (xxhash64 of the symbol modulo stream.state_buckets), not the symbol: a bucket's
-# state holds its symbols' states and timers, and the handler runs the kernel once per symbol, with
-# the same inputs and in the same batch as a per-symbol key would (see make_handler).
+# state holds its symbols' states and timers, and the handler makes the kernel's call for each symbol,
+# with the same inputs and in the same batch as a per-symbol key would (see make_handler): all of a
+# bucket's calls at once (kernel.process_bucket), their ticks and states as columns.
 BUCKET = "bucket"
 
 
