@@ -9,7 +9,8 @@ kernel can be compared for speed and, on the same input, for identical output (`
 
 In the product the handler is most of the Python workers' time; the rest is PySpark moving Arrow
 batches in and out (py-spy, bench/README.md). What grows with the number of symbols is the handler's
-per-symbol work: at ~20 ticks a symbol a batch, 10,000 symbols cost it 2.5-3.5 times the CPU of 100.
+per-symbol work: at ~20 ticks a symbol a batch, 10,000 symbols cost it 2.5-3.5 times the CPU of 100
+in earlier rounds, ~1.2 times since the twenty-ninth (bench/ROUNDS.md).
 ``--profile`` adds a cProfile listing of the hottest functions.
 """
 
