@@ -238,8 +238,8 @@ def _timeouts(after: kernel.States, watermark: int, cfg: KernelConfig) -> tuple[
     seen = ~np.equal(after.high_water, None)
     timeouts = np.where(seen, after.high_water, 0).astype(np.int64) + cfg.idle_timeout_ms
     kept = seen & (timeouts > watermark)
-    for row, packed in enumerate(after.pending.tolist()):
-        if len(waiting := kernel.pending_times(packed)):
+    for row in np.flatnonzero(~np.equal(after.pending, None)).tolist():  # none in arrival mode
+        if len(waiting := kernel.pending_times(after.pending[row])):
             # wake up when the watermark passes the oldest waiting tick (Spark fires once
             # timeout < watermark, the kernel's release rule; the kernel released every tick before the
             # watermark, so the oldest waiting one is at or after it -- a valid timeout)
