@@ -125,7 +125,7 @@ def digest(outputs: list[pd.DataFrame], states: dict[int, _GroupState]) -> str:
 
 
 def _symbol_states(blob: bytes) -> dict:
-    """{symbol: (timeout, SymbolState)} of a bucket's state, whichever the format: a table (format 5) or,
+    """{symbol: (timeout, SymbolState)} of a bucket's state, whichever the format: a table (formats 5 and 6) or,
     as an older checkout (``--code``) writes it, a dict of each symbol's timeout and pickled state."""
     _, bucket = pickle.loads(blob)
     if isinstance(bucket, dict):

@@ -75,8 +75,15 @@ OUTPUT_SCHEMA = T.StructType(
 )
 OUTPUT_COLUMNS: tuple[str, ...] = tuple(f.name for f in OUTPUT_SCHEMA.fields)
 
-# Columns of a pending (event_time mode) tick kept in state.
+# The valid ticks' dtypes. Arrow hands a group's frame to pandas with an int64 column as float64 when
+# the frame also holds a validation reject (null timestamp or volume): whether it does depends on the
+# batch cut, so without this the duplicate keys of one tick were spelled "476880" in one batch and
+# "476880.0" in another, and a copy arriving a batch later was processed twice (the soak found it).
+TICK_DTYPES = {TS_MS: np.int64, VOLUME: np.int64, PRICE: np.float64, BID: np.float64, ASK: np.float64,
+               PARTITION: np.int32, OFFSET: np.int64}
+# Columns of a pending (event_time mode) tick kept in state, and their dtypes.
 _PENDING = (TS_MS, EXCHANGE, PARTITION, OFFSET, TOPIC, PRICE, VOLUME, BID, ASK)
+_PENDING_DTYPES = {c: TICK_DTYPES.get(c, object) for c in _PENDING}
 # The columns of an exact-duplicate key (SPEC §1; the symbol is the call's), and the dtypes the state
 # keeps its numeric ones in.
 _KEY = (TS_MS, EXCHANGE, PRICE, VOLUME)
@@ -238,34 +245,37 @@ _NO_HIGH_WATER = -(2**62)
 @dataclass(frozen=True, eq=False)
 class States:
     """Several symbols' SymbolStates as columns, one row a symbol: what process_bucket takes and gives
-    (the stream keeps a bucket's this way, stream/state.py). A row's history and duplicate keys are its
-    segment of columns laid end to end (their lengths per row; a keys' length -1: none). SymbolState
-    objects are made only for the calls that need _prepare's general path (:meth:`state`)."""
+    (the stream keeps a bucket's this way, stream/state.py). A row's history, duplicate keys and waiting
+    ticks are its segment of columns laid end to end (their lengths per row; a length -1: none).
+    SymbolState objects are made only for the calls that need _prepare's general path (:meth:`state`)."""
 
     last_ts: np.ndarray  # object: int | None
     high_water: np.ndarray  # object: int | None
     last_action: np.ndarray  # object: str
-    pending: np.ndarray  # object: packed_pending's form, None without waiting ticks (arrival mode)
     history_len: np.ndarray  # int64
     history: tuple[np.ndarray, np.ndarray, np.ndarray]  # price, volume, price_change_pct: float64
     recent_len: np.ndarray  # int64, -1: none
     recent: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # _KEY: int64, object, float64, int64
+    pending_len: np.ndarray  # int64, -1: no event-time buffer (arrival mode)
+    pending: tuple[np.ndarray, ...]  # the waiting ticks' _PENDING columns, _PENDING_DTYPES
 
     @classmethod
     def of(cls, states: list[SymbolState]) -> States:
         """The columns of ``states``, a row each."""
         history = [s.history for s in states]
         recent = [s.recent for s in states if s.recent is not None]
+        pending = [s.pending for s in states if s.pending is not None]
         return cls(
             last_ts=layout.objects([s.last_ts for s in states]),
             high_water=layout.objects([s.high_water for s in states]),
             last_action=layout.objects([s.last_action for s in states]),
-            pending=layout.objects([packed_pending(s.pending) for s in states]),
             history_len=np.array([len(h) for h in history], dtype=np.int64),
             history=tuple(_joined([getattr(h, c) for h in history], np.float64)
                           for c in ("price", "volume", "price_change_pct")),
-            recent_len=np.array([-1 if s.recent is None else len(s.recent[TS_MS]) for s in states], dtype=np.int64),
+            recent_len=_lengths([s.recent for s in states]),
             recent=tuple(_joined([r[c] for r in recent], _KEY_DTYPES.get(c, object)) for c in _KEY),
+            pending_len=_lengths([s.pending for s in states]),
+            pending=tuple(_joined([p[c] for p in pending], _PENDING_DTYPES[c]) for c in _PENDING),
         )
 
     def __len__(self) -> int:
@@ -273,30 +283,41 @@ class States:
 
     def state(self, row: int) -> SymbolState:
         """One row's SymbolState (its arrays are views of the columns)."""
-        history_at, recent_at = self._starts
+        history_at, recent_at, pending_at = self._starts
         lo, hi = history_at[row], history_at[row + 1]
         history = indicators.History(*(c[lo:hi] for c in self.history))
-        recent = None
+        recent = pending = None
         if self.recent_len[row] >= 0:
             lo, hi = recent_at[row], recent_at[row + 1]
             recent = {k: c[lo:hi] for k, c in zip(_KEY, self.recent, strict=True)}
-        return SymbolState(history, self.last_ts[row], self.high_water[row], recent, self.last_action[row],
-                           unpacked_pending(self.pending[row]))
+        if self.pending_len[row] >= 0:
+            lo, hi = pending_at[row], pending_at[row + 1]
+            pending = {k: c[lo:hi] for k, c in zip(_PENDING, self.pending, strict=True)}
+        return SymbolState(history, self.last_ts[row], self.high_water[row], recent, self.last_action[row], pending)
 
     @functools.cached_property
-    def _starts(self) -> tuple[list[int], list[int]]:
-        """Where each row's history and keys start in their columns (and where the last row's end)."""
+    def _starts(self) -> tuple[list[int], list[int], list[int]]:
+        """Where each row's history, keys and waiting ticks start in their columns (and where the last
+        row's end)."""
         return tuple(np.concatenate([[0], np.cumsum(np.maximum(n, 0))]).tolist()
-                     for n in (self.history_len, self.recent_len))
+                     for n in (self.history_len, self.recent_len, self.pending_len))
 
     def take(self, rows: np.ndarray) -> States:
         """The rows ``rows`` (indices, in that order; one may come more than once)."""
-        history, recent = _spans(self.history_len, rows), _spans(np.maximum(self.recent_len, 0), rows)
+        history = _spans(self.history_len, rows)
+        recent, pending = (_spans(np.maximum(n, 0), rows) for n in (self.recent_len, self.pending_len))
         return States(
             last_ts=self.last_ts[rows], high_water=self.high_water[rows], last_action=self.last_action[rows],
-            pending=self.pending[rows], history_len=self.history_len[rows],
-            history=tuple(c[history] for c in self.history), recent_len=self.recent_len[rows],
-            recent=tuple(c[recent] for c in self.recent))
+            history_len=self.history_len[rows], history=tuple(c[history] for c in self.history),
+            recent_len=self.recent_len[rows], recent=tuple(c[recent] for c in self.recent),
+            pending_len=self.pending_len[rows], pending=tuple(c[pending] for c in self.pending))
+
+    def waiting(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rows holding waiting ticks, and the oldest event time waiting in each."""
+        rows = np.flatnonzero(self.pending_len > 0)
+        if not len(rows):
+            return rows, np.empty(0, dtype=np.int64)
+        return rows, np.minimum.reduceat(self.pending[0], layout.starts(np.maximum(self.pending_len, 0))[rows])
 
     def __add__(self, other: States) -> States:
         """Both's rows, this one's first."""
@@ -306,6 +327,8 @@ class States:
 
     def called(self, rows: np.ndarray) -> States:
         """The rows ``rows`` in that order, a new symbol's (-1) a SymbolState()'s."""
+        if not len(rows) or rows.min() >= 0:
+            return self.take(rows)
         return (self + _BLANK).take(np.where(rows < 0, len(self), rows))
 
 
@@ -313,23 +336,15 @@ def _joined(arrays: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.empty(0, dtype=dtype)
 
 
+def _lengths(columns: list[Columns | None]) -> np.ndarray:
+    """Each set of ticks' length, -1 for None."""
+    return np.array([-1 if c is None else len(c[TS_MS]) for c in columns], dtype=np.int64)
+
+
 def _spans(lengths: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The positions, in a column laid out as consecutive segments of ``lengths``, of the segments of
     ``rows`` (in that order, end to end)."""
     return layout.segments(layout.starts(lengths)[rows], lengths[rows])
-
-
-def pending_times(packed: tuple | None) -> np.ndarray:
-    """The event times of the waiting ticks in packed_pending's form (none for None), without unpacking
-    the rest."""
-    if packed is None:
-        return np.empty(0, dtype=np.int64)
-    return next(np.frombuffer(v, dtype=dtype) for k, dtype, v in packed if k == TS_MS)
-
-
-def _has_pending(packed: tuple | None) -> bool:
-    """Whether packed_pending's form holds a waiting tick."""
-    return len(pending_times(packed)) > 0
 
 
 _BLANK = States.of([SymbolState()])
@@ -374,14 +389,6 @@ def columns_of(frame: pd.DataFrame) -> Columns:
     ticks.setdefault(OFFSET, np.arange(n, dtype=np.int64))
     ticks.setdefault(TOPIC, np.full(n, None, dtype=object))
     return ticks
-
-
-# The valid ticks' dtypes. Arrow hands a group's frame to pandas with an int64 column as float64 when
-# the frame also holds a validation reject (null timestamp or volume): whether it does depends on the
-# batch cut, so without this the duplicate keys of one tick were spelled "476880" in one batch and
-# "476880.0" in another, and a copy arriving a batch later was processed twice (the soak found it).
-TICK_DTYPES = {TS_MS: np.int64, VOLUME: np.int64, PRICE: np.float64, BID: np.float64, ASK: np.float64,
-               PARTITION: np.int32, OFFSET: np.int64}
 
 
 def _typed(ticks: Columns) -> Columns:
@@ -430,18 +437,19 @@ def joined(calls: list[Columns]) -> tuple[Columns, np.ndarray]:
 
 def _prepare_bucket(symbols: list[str], ticks: Columns, counts: np.ndarray, states: States, cfg: KernelConfig,
                     watermark_ms: int | None) -> tuple[list[_Output], Columns, np.ndarray, States]:
-    """:func:`_prepare` of each call. Most calls need none of its work but the new high-water mark:
-    their ticks hold no validation reject, come in rising event time, all after the symbol's last
-    processed tick, none late, and no tick is waiting (arrival mode). Which do is found for all the
-    calls at once (a handful of numpy passes for a bucket, not a dozen numpy calls a symbol): their
-    ticks stay where they are, and only the others go through :func:`_prepare`. Returns each call's
-    output, the ticks ready to compute (end to end, as many a call as the counts say), and the states
-    with their new high-water marks and event-time buffers."""
+    """:func:`_prepare` of each call. Most calls need none of its checks' work, and which do is found for
+    all the calls at once (a handful of numpy passes for a bucket, not a dozen numpy calls a symbol):
+    only those go through :func:`_prepare`. In arrival mode the others' ticks hold no validation reject,
+    come in rising event time, all after the symbol's last processed tick, none late, and no tick is
+    waiting: they stay where they are and only raise the high-water mark. In event_time mode see
+    :func:`_released`. Returns each call's output, the ticks ready to compute (end to end, as many a call
+    as the counts say), and the states with their new high-water marks and event-time buffers."""
+    if cfg.ordering == "event_time" and watermark_ms is not None:
+        return _prepare_event_time(symbols, ticks, counts, states, cfg, watermark_ms)
     clean, newest = _clean_calls(ticks, counts, states, cfg, watermark_ms)
-    high_water, pending = states.high_water.copy(), states.pending.copy()
+    high_water = states.high_water.copy()
     at = np.flatnonzero(clean)
     high_water[at] = layout.objects(np.maximum(_times(high_water[at]), newest[at]).tolist())
-    pending[at] = None
     outputs = [_NO_REJECTS] * len(symbols)
     ready_counts = counts.copy()
     pieces: dict[str, list[np.ndarray]] = {c: [] for c in _PENDING}
@@ -452,8 +460,7 @@ def _prepare_bucket(symbols: list[str], ticks: Columns, counts: np.ndarray, stat
         lo, hi = end[call] - counts[call], end[call]
         out, ready, state = _prepare(symbols[call], {c: v[lo:hi] for c, v in ticks.items()}, states.state(call), cfg,
                                      watermark_ms)
-        outputs[call], ready_counts[call] = out, _length(ready)
-        high_water[call], pending[call] = state.high_water, packed_pending(state.pending)
+        outputs[call], ready_counts[call], high_water[call] = out, _length(ready), state.high_water
         for c, p in pieces.items():
             p += [ticks[c][done:lo], ready[c]]
         done = hi
@@ -463,8 +470,125 @@ def _prepare_bucket(symbols: list[str], ticks: Columns, counts: np.ndarray, stat
         ready = {c: ticks[c] for c in _PENDING}
     # Typed once all rejects are out. A clean call's column may be float64 (its bucket held a validation
     # reject, whose null Arrow gives as NaN) beside another call's typed int64: its values came from
-    # float64 too, so they are exact through the float64 of the concatenation.
-    return outputs, _typed(ready), ready_counts, dataclasses.replace(states, high_water=high_water, pending=pending)
+    # float64 too, so they are exact through the float64 of the concatenation. No tick waits in this mode.
+    return outputs, _typed(ready), ready_counts, dataclasses.replace(
+        states, high_water=high_water, pending_len=np.full(len(counts), -1, dtype=np.int64),
+        pending=_BLANK.pending)
+
+
+def _prepare_event_time(symbols: list[str], ticks: Columns, counts: np.ndarray, states: States, cfg: KernelConfig,
+                        watermark_ms: int) -> tuple[list[_Output], Columns, np.ndarray, States]:
+    """_prepare_bucket in event_time mode: the released calls' (:func:`_released`) ready ticks and
+    buffers for all of them at once, each other call's from :func:`_prepare`; then both laid out in call
+    order."""
+    released, ready, ready_counts, high_water, pending_len, pending = _released(ticks, counts, states, cfg,
+                                                                               watermark_ms)
+    general = np.flatnonzero(~released)
+    if not len(general):
+        return ([_NO_REJECTS] * len(symbols), ready, ready_counts,
+                dataclasses.replace(states, high_water=high_water, pending_len=pending_len, pending=pending))
+    outputs = [_NO_REJECTS] * len(symbols)
+    end = np.cumsum(counts).tolist()
+    prepared = []
+    for call in general.tolist():
+        lo, hi = end[call] - counts[call], end[call]
+        out, ready_ticks, state = _prepare(symbols[call], {c: v[lo:hi] for c, v in ticks.items()},
+                                           states.state(call), cfg, watermark_ms)
+        outputs[call], high_water[call] = out, state.high_water
+        prepared.append((ready_ticks, state.pending))
+    ready_counts[general] = [_length(r) for r, _ in prepared]
+    pending_len[general] = _lengths([p for _, p in prepared])
+    ready = _in_call_order(ready, ready_counts, general, [r for r, _ in prepared])
+    pending = _in_call_order(dict(zip(_PENDING, pending, strict=True)), np.maximum(pending_len, 0), general,
+                             [p for _, p in prepared if p is not None])
+    return outputs, ready, ready_counts, dataclasses.replace(
+        states, high_water=high_water, pending_len=pending_len, pending=tuple(pending[c] for c in _PENDING))
+
+
+def _in_call_order(columns: Columns, counts: np.ndarray, calls: np.ndarray, theirs: list[Columns]) -> Columns:
+    """``columns`` (``counts`` rows a call, end to end, none yet for ``calls``) with each of ``calls``'s
+    rows (``theirs``, in that order; a call with none may be left out) in their places."""
+    own = counts.copy()
+    own[calls] = 0
+    call = np.concatenate([np.repeat(np.arange(len(counts)), own), np.repeat(calls, counts[calls])])
+    order = np.argsort(call, kind="stable")
+    return {c: np.concatenate([v, *(t[c] for t in theirs)]).astype(_PENDING_DTYPES[c], copy=False)[order]
+            for c, v in columns.items()}
+
+
+def _released(ticks: Columns, counts: np.ndarray, states: States, cfg: KernelConfig, watermark_ms: int) -> tuple:
+    """Event_time mode's calls whose ticks need none of _prepare's checks but the pooling: no validation
+    reject, none late, none at or before the last processed tick's time, none an exact copy of another
+    new or waiting tick (a copy has its original's time, so only where times are shared is a key
+    compared) -- most calls. Each one's ticks and waiting ticks are pooled in SPEC §2 order and those the
+    watermark has passed are released, as _prepare does, for all those calls at once (a call whose pool
+    already has rising times, as a feed's ticks mostly come after those waiting, is not sorted). Returns
+    which calls those are; their ready ticks (end to end, as many a call as the counts say: 0 for the
+    other calls); the states' high-water marks and event-time buffers (lengths and columns) with theirs
+    new (the other calls' lengths 0, none in the columns)."""
+    n = len(counts)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    ts = ticks[TS_MS]
+    if ts.dtype == object:  # a validation reject's null time (its call is not released: the reason says so)
+        ts = ts.astype(np.float64)
+    ok = np.ones(n, dtype=bool)
+    if REASON in ticks:
+        bad = np.zeros(len(ts) + 1, dtype=np.int64)
+        np.cumsum(pd.notna(ticks[REASON]), out=bad[1:])
+        ok &= bad[ends] == bad[starts]
+    filled = np.flatnonzero(counts)
+    newest = np.full(n, _NO_HIGH_WATER, dtype=np.int64)
+    if len(filled):
+        oldest, top = np.minimum.reduceat(ts, starts[filled]), np.maximum.reduceat(ts, starts[filled])
+        ok[filled] &= (oldest > _times(states.last_ts[filled])) & _none_late(
+            oldest, top, _times(states.high_water[filled]), watermark_ms, cfg)
+        newest[filled] = np.where(ok[filled], top, _NO_HIGH_WATER)
+
+    # those calls' pools, end to end: a call's waiting ticks, then its new ones (typed: no reject among them)
+    held = np.where(ok, np.maximum(states.pending_len, 0), 0)
+    mine = np.where(ok, counts, 0)
+    waiting_ts = states.pending[_PENDING.index(TS_MS)]
+    at = layout.segments(np.column_stack([layout.starts(np.maximum(states.pending_len, 0)),
+                                          len(waiting_ts) + starts]).ravel(), np.column_stack([held, mine]).ravel())
+    pool = {c: np.concatenate([waiting, ticks[c]])[at].astype(_PENDING_DTYPES[c], copy=False)
+            for c, waiting in zip(_PENDING, states.pending, strict=True)}
+    call = np.repeat(np.arange(n), held + mine)
+    new = at >= len(waiting_ts)
+    t = pool[TS_MS]
+    unsorted = np.zeros(n, dtype=bool)
+    unsorted[call[1:][(t[1:] <= t[:-1]) & (call[1:] == call[:-1])]] = True
+    if unsorted.any():  # those calls' ticks by time (each call's block stays where it is)
+        some = np.flatnonzero(unsorted[call])
+        by_time = some[np.lexsort((t[some], call[some]))]
+        for v in (*pool.values(), new):
+            v[some] = v[by_time]
+        # where a time is shared: the copies, and SPEC §2 order (exchange, then Kafka's coordinates)
+        tie = (t[1:] == t[:-1]) & (call[1:] == call[:-1])
+        if tie.any():
+            tied = np.zeros(len(t), dtype=bool)
+            tied[1:] |= tie
+            tied[:-1] |= tie
+            at = np.flatnonzero(tied)
+            part, c, fresh = _take(pool, at), call[at], new[at]
+            exchange = part[EXCHANGE].astype(str)
+            key = np.lexsort((part[VOLUME], part[PRICE], exchange, part[TS_MS], c))
+            same = np.logical_and.reduce([k[key][1:] == k[key][:-1] for k in (c, part[TS_MS], exchange,
+                                                                             part[PRICE], part[VOLUME])])
+            # (a waiting tick is no copy of another waiting one: each was checked when it came)
+            ok[c[key][1:][same & (fresh[key][1:] | fresh[key][:-1])]] = False
+            order = np.lexsort((part[OFFSET], part[PARTITION], exchange, part[TS_MS], c))
+            for name, v in pool.items():
+                v[at] = part[name][order]
+        kept = ok[call]
+        pool, call = _take(pool, kept), call[kept]
+    ready = pool[TS_MS] < watermark_ms
+    high_water = states.high_water.copy()
+    raised = np.flatnonzero(ok & (newest > _NO_HIGH_WATER))
+    high_water[raised] = layout.objects(np.maximum(_times(high_water[raised]), newest[raised]).tolist())
+    pending_len = np.where(ok, np.bincount(call[~ready], minlength=n), 0)
+    return (ok, _take(pool, ready), np.bincount(call[ready], minlength=n), high_water, pending_len,
+            tuple(pool[c][~ready] for c in _PENDING))
 
 
 def _clean_calls(ticks: Columns, counts: np.ndarray, states: States, cfg: KernelConfig,
@@ -495,9 +619,7 @@ def _clean_calls(ticks: Columns, counts: np.ndarray, states: States, cfg: Kernel
         clean &= bad[ends] == bad[starts]
     oldest, newest = ts[first], ts[last]
     clean &= oldest > _times(states.last_ts)
-    pending = states.pending.tolist()
-    if any(p is not None for p in pending):
-        clean &= ~np.array([_has_pending(p) for p in pending], dtype=bool)
+    clean &= states.pending_len <= 0
     if watermark_ms is not None:
         clean &= _none_late(oldest, newest, _times(states.high_water), watermark_ms, cfg)
     return clean, np.where(clean, newest, 0).astype(np.int64)
@@ -672,10 +794,11 @@ def _compute(symbols: list[str], ticks: Columns, counts: np.ndarray, states: Sta
     recent_len, recent = _last_keys(states, row[ends], fresh[ends], {TS_MS: ts, EXCHANGE: ticks[EXCHANGE],
                                                                     PRICE: price, VOLUME: volume},
                                     first[ends], lengths[ends])
+    waiting = _spans(np.maximum(states.pending_len, 0), filled)
     computed = States(last_ts=layout.objects(ts[last].tolist()), high_water=states.high_water[filled],
-                      last_action=layout.objects(action[last].tolist()), pending=states.pending[filled],
-                      history_len=tail_len[ends], history=tuple(c[tail_at] for c in tails),
-                      recent_len=recent_len, recent=recent)
+                      last_action=layout.objects(action[last].tolist()), history_len=tail_len[ends],
+                      history=tuple(c[tail_at] for c in tails), recent_len=recent_len, recent=recent,
+                      pending_len=states.pending_len[filled], pending=tuple(c[waiting] for c in states.pending))
     if len(filled) == len(states):
         return computed, signals
     order = np.arange(len(states))  # the calls without ready ticks keep their states

@@ -224,7 +224,7 @@ def test_a_symbols_state_pickles_exactly_and_formats_2_to_4_still_load(ordering)
         assert loaded.symbols.tolist() == ["A", "B"] and loaded.timeouts.tolist() == [T0, T0 + 1]
         assert state_fields(loaded.states.state(0)) == state_fields(after), f"format {fmt}"
         assert state_fields(loaded.states.state(1)) == state_fields(SymbolState()), f"format {fmt}"
-    with pytest.raises(state.StateFormatError, match="format 1, this version reads 2, 3, 4 and 5: start from a new"):
+    with pytest.raises(state.StateFormatError, match="format 1, this version reads 2, 3, 4, 5 and 6: start from a "):
         state.load_bucket(_state((1, blob[1]), 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
 
 
@@ -276,6 +276,37 @@ def test_a_buckets_table_keeps_every_symbols_state_through_pickle_gathers_and_co
         [None, *s.recent[kernel.EXCHANGE][1:]], dtype=object)})), *plain[3:]]
     assert _table_fields(pickle.loads(pickle.dumps(state.StateTable.of(unnamed)))) == [
         (symbol, timeout, state_fields(s)) for symbol, timeout, s in unnamed]
+
+
+class _Format5:
+    """A bucket's table pickled as format 5 did: as format 6, but each row's event-time buffer in
+    kernel.packed_pending's form, and the duplicate keys' exchanges as a list."""
+
+    def __init__(self, table: state.StateTable) -> None:
+        self.table = table
+
+    def __reduce__(self):
+        t, s = self.table, self.table.states
+        ts, exchange, price, volume = s.recent
+        shared = kernel.shared_keys(price, volume, *s.history[:2])
+        numbers = [t.timeouts, s.history_len, s.recent_len, *s.history, *kernel.packed_keys(ts, price, volume, shared)]
+        pending = [kernel.packed_pending(t.states.state(row).pending) for row in range(len(t))]
+        return state._state_table, (b"".join(a.tobytes() for a in numbers), len(t), len(ts), shared, t.symbols.tolist(),
+                                    s.last_ts.tolist(), s.high_water.tolist(), s.last_action.tolist(), pending,
+                                    exchange.tolist(), None, b"")
+
+
+def test_a_format_5_bucket_loads_with_its_waiting_ticks_as_columns():
+    """Format 6 keeps the event-time buffer as columns; a bucket written as format 5 (each row's buffer
+    packed on its own) must load to the same rows, and be written again as format 6."""
+    rows = _table_rows()
+    want = [(symbol, timeout, state_fields(s)) for symbol, timeout, s in rows]
+    assert sum(s.pending is not None for _, _, s in rows) == 2  # rows with ticks waiting, and rows without
+    old = pickle.dumps((BUCKETS, _Format5(state.StateTable.of(rows))), protocol=pickle.HIGHEST_PROTOCOL)
+    assert b"_state_table\x94" in old and b"_state_table_6" not in old  # format 5's layout
+    loaded = state.load_bucket(_state((5, old), 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
+    assert _table_fields(loaded) == want
+    assert b"_state_table_6" in pickle.dumps(loaded) and _table_fields(pickle.loads(pickle.dumps(loaded))) == want
 
 
 def test_a_batch_replaces_its_symbols_rows_in_place_drops_the_finished_and_appends_the_new():

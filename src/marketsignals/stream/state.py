@@ -85,9 +85,11 @@ _NO_TICKS: Columns = {c: np.empty(0, dtype=kernel.TICK_DTYPES.get(c, object)) fo
 # table: no symbol's state is pickled on its own (at 10,000 symbols, ~300 a bucket and nearly all of
 # them ticking every batch, that was a fifth of the handler's CPU); a bucket's states are a few numpy
 # gathers and concatenations, and its quiet symbols are carried over by the same gathers, without
-# being taken apart. This version reads formats 2 to 5 and writes 5.
-STATE_FORMAT = 5
-READABLE_FORMATS = (2, 3, 4, 5)
+# being taken apart. Format 6 keeps the event-time buffer as columns too (format 5 kept each symbol's
+# packed_pending tuple, unpacked and packed again for every call in event_time mode). This version
+# reads formats 2 to 6 and writes 6.
+STATE_FORMAT = 6
+READABLE_FORMATS = (2, 3, 4, 5, 6)
 STATE_SCHEMA = T.StructType([T.StructField("format", T.IntegerType()), T.StructField("blob", T.BinaryType())])
 
 
@@ -145,16 +147,50 @@ class StateTable:
             codes = codes.astype(np.min_scalar_type(len(exchanges)))
             code_dtype, codes = codes.dtype.str, codes.tobytes()
         shared = kernel.shared_keys(price, volume, *s.history[:2])  # the columns end to end: no row apart
-        numbers = [self.timeouts, s.history_len, s.recent_len, *s.history,
-                   *kernel.packed_keys(ts, price, volume, shared)]
-        return _state_table, (b"".join(a.tobytes() for a in numbers), len(self), len(ts), shared,
-                              self.symbols.tolist(), s.last_ts.tolist(), s.high_water.tolist(),
-                              s.last_action.tolist(), s.pending.tolist(), exchanges.tolist(), code_dtype, codes)
+        # the waiting ticks' 8-byte columns with the other numbers, their int32 partitions after all those
+        waiting = dict(zip(kernel._PENDING, s.pending, strict=True))
+        numbers = [self.timeouts, s.history_len, s.recent_len, s.pending_len, *s.history,
+                   *(waiting[c] for c in _WAITING_NUMBERS), *kernel.packed_keys(ts, price, volume, shared),
+                   waiting[kernel.PARTITION]]
+        return _state_table_6, (b"".join(a.tobytes() for a in numbers), len(self), len(ts), shared,
+                                self.symbols.tolist(), s.last_ts.tolist(), s.high_water.tolist(),
+                                s.last_action.tolist(), exchanges.tolist(), code_dtype, codes,
+                                waiting[EXCHANGE].tolist(), waiting[TOPIC].tolist())
+
+
+_WAITING_NUMBERS = tuple(c for c in kernel._PENDING if kernel._PENDING_DTYPES[c] in (np.int64, np.float64))
+
+
+def _state_table_6(numbers: bytes, rows: int, keys: int, shared: int, symbols: list, last_ts: list,
+                   high_water: list, last_action: list, exchanges: list, code_dtype: str | None, codes: bytes,
+                   waiting_exchange: list, waiting_topic: list) -> StateTable:
+    """A StateTable from its pickled form (StateTable.__reduce__); its numeric columns are read-only."""
+    ints, floats = np.frombuffer(numbers, dtype=np.int64, count=len(numbers) // 8), np.frombuffer(
+        numbers, dtype=np.float64, count=len(numbers) // 8)
+    timeouts, history_len, recent_len, pending_len = (ints[k * rows:(k + 1) * rows] for k in range(4))
+    n, at = int(history_len.sum()), 4 * rows
+    history = tuple(floats[at + k * n:at + (k + 1) * n] for k in range(3))
+    at, w = at + 3 * n, len(waiting_topic)
+    waiting = {c: (ints if kernel._PENDING_DTYPES[c] == np.int64 else floats)[at + k * w:at + (k + 1) * w]
+               for k, c in enumerate(_WAITING_NUMBERS)}
+    at += len(_WAITING_NUMBERS) * w
+    keys_at = len(numbers) - 4 * w  # the partitions' bytes
+    ts, price, volume = kernel.unpacked_keys(ints[at:keys_at // 8], keys, shared, *history[:2])
+    waiting.update({kernel.PARTITION: np.frombuffer(numbers, dtype=np.int32, offset=keys_at),
+                    EXCHANGE: layout.objects(waiting_exchange), TOPIC: layout.objects(waiting_topic)})
+    exchange = layout.objects(exchanges)
+    if code_dtype is not None:
+        exchange = exchange[np.frombuffer(codes, dtype=code_dtype)]
+    states = kernel.States(layout.objects(last_ts), layout.objects(high_water), layout.objects(last_action),
+                           history_len, history, recent_len, (ts, exchange, price, volume), pending_len,
+                           tuple(waiting[c] for c in kernel._PENDING))
+    return StateTable(layout.objects(symbols), timeouts, states)
 
 
 def _state_table(numbers: bytes, rows: int, keys: int, shared: int, symbols: list, last_ts: list, high_water: list,
                  last_action: list, pending: list, exchanges: list, code_dtype: str | None, codes: bytes) -> StateTable:
-    """A StateTable from its pickled form (StateTable.__reduce__); its numeric columns are read-only."""
+    """A format 5 StateTable's pickled form read: as format 6's, but each row's event-time buffer in
+    kernel.packed_pending's form (None for none)."""
     ints, floats = np.frombuffer(numbers, dtype=np.int64), np.frombuffer(numbers, dtype=np.float64)
     timeouts, history_len, recent_len = ints[:rows], ints[rows:2 * rows], ints[2 * rows:3 * rows]
     n, at = int(history_len.sum()), 3 * rows
@@ -163,8 +199,10 @@ def _state_table(numbers: bytes, rows: int, keys: int, shared: int, symbols: lis
     exchange = layout.objects(exchanges)
     if code_dtype is not None:
         exchange = exchange[np.frombuffer(codes, dtype=code_dtype)]
+    waiting = kernel.States.of([kernel.SymbolState(pending=kernel.unpacked_pending(p)) for p in pending])
     states = kernel.States(layout.objects(last_ts), layout.objects(high_water), layout.objects(last_action),
-                           layout.objects(pending), history_len, history, recent_len, (ts, exchange, price, volume))
+                           history_len, history, recent_len, (ts, exchange, price, volume), waiting.pending_len,
+                           waiting.pending)
     return StateTable(layout.objects(symbols), timeouts, states)
 
 
@@ -238,12 +276,11 @@ def _timeouts(after: kernel.States, watermark: int, cfg: KernelConfig) -> tuple[
     seen = ~np.equal(after.high_water, None)
     timeouts = np.where(seen, after.high_water, 0).astype(np.int64) + cfg.idle_timeout_ms
     kept = seen & (timeouts > watermark)
-    for row in np.flatnonzero(~np.equal(after.pending, None)).tolist():  # none in arrival mode
-        if len(waiting := kernel.pending_times(after.pending[row])):
-            # wake up when the watermark passes the oldest waiting tick (Spark fires once
-            # timeout < watermark, the kernel's release rule; the kernel released every tick before the
-            # watermark, so the oldest waiting one is at or after it -- a valid timeout)
-            timeouts[row], kept[row] = int(waiting.min()), True
+    # wake up when the watermark passes the oldest waiting tick (Spark fires once timeout < watermark, the
+    # kernel's release rule; the kernel released every tick before the watermark, so the oldest waiting
+    # one is at or after it -- a valid timeout). None wait in arrival mode.
+    rows, oldest = after.waiting()
+    timeouts[rows], kept[rows] = oldest, True
     return timeouts, kept
 
 
