@@ -317,7 +317,8 @@ class States:
         rows = np.flatnonzero(self.pending_len > 0)
         if not len(rows):
             return rows, np.empty(0, dtype=np.int64)
-        return rows, np.minimum.reduceat(self.pending[0], layout.starts(np.maximum(self.pending_len, 0))[rows])
+        times = self.pending[_PENDING.index(TS_MS)]
+        return rows, np.minimum.reduceat(times, layout.starts(np.maximum(self.pending_len, 0))[rows])
 
     def __add__(self, other: States) -> States:
         """Both's rows, this one's first."""
@@ -569,8 +570,8 @@ def _released(ticks: Columns, counts: np.ndarray, states: States, cfg: KernelCon
             tied = np.zeros(len(t), dtype=bool)
             tied[1:] |= tie
             tied[:-1] |= tie
-            at = np.flatnonzero(tied)
-            part, c, fresh = _take(pool, at), call[at], new[at]
+            shared = np.flatnonzero(tied)
+            part, c, fresh = _take(pool, shared), call[shared], new[shared]
             exchange = part[EXCHANGE].astype(str)
             key = np.lexsort((part[VOLUME], part[PRICE], exchange, part[TS_MS], c))
             same = np.logical_and.reduce([k[key][1:] == k[key][:-1] for k in (c, part[TS_MS], exchange,
@@ -579,7 +580,7 @@ def _released(ticks: Columns, counts: np.ndarray, states: States, cfg: KernelCon
             ok[c[key][1:][same & (fresh[key][1:] | fresh[key][:-1])]] = False
             order = np.lexsort((part[OFFSET], part[PARTITION], exchange, part[TS_MS], c))
             for name, v in pool.items():
-                v[at] = part[name][order]
+                v[shared] = part[name][order]
         kept = ok[call]
         pool, call = _take(pool, kept), call[kept]
     ready = pool[TS_MS] < watermark_ms
