@@ -530,14 +530,8 @@ def _released(ticks: Columns, counts: np.ndarray, states: States, cfg: KernelCon
     n = len(counts)
     ends = np.cumsum(counts)
     starts = ends - counts
-    ts = ticks[TS_MS]
-    if ts.dtype == object:  # a validation reject's null time (its call is not released: the reason says so)
-        ts = ts.astype(np.float64)
-    ok = np.ones(n, dtype=bool)
-    if REASON in ticks:
-        bad = np.zeros(len(ts) + 1, dtype=np.int64)
-        np.cumsum(pd.notna(ticks[REASON]), out=bad[1:])
-        ok &= bad[ends] == bad[starts]
+    ts = _event_times(ticks)
+    ok = _without_rejects(ticks, starts, ends)
     filled = np.flatnonzero(counts)
     newest = np.full(n, _NO_HIGH_WATER, dtype=np.int64)
     if len(filled):
@@ -547,11 +541,11 @@ def _released(ticks: Columns, counts: np.ndarray, states: States, cfg: KernelCon
         newest[filled] = np.where(ok[filled], top, _NO_HIGH_WATER)
 
     # those calls' pools, end to end: a call's waiting ticks, then its new ones (typed: no reject among them)
-    held = np.where(ok, np.maximum(states.pending_len, 0), 0)
-    mine = np.where(ok, counts, 0)
+    waiting_len = np.maximum(states.pending_len, 0)
+    held, mine = np.where(ok, waiting_len, 0), np.where(ok, counts, 0)
     waiting_ts = states.pending[_PENDING.index(TS_MS)]
-    at = layout.segments(np.column_stack([layout.starts(np.maximum(states.pending_len, 0)),
-                                          len(waiting_ts) + starts]).ravel(), np.column_stack([held, mine]).ravel())
+    at = layout.segments(np.column_stack([layout.starts(waiting_len), len(waiting_ts) + starts]).ravel(),
+                         np.column_stack([held, mine]).ravel())
     pool = {c: np.concatenate([waiting, ticks[c]])[at].astype(_PENDING_DTYPES[c], copy=False)
             for c, waiting in zip(_PENDING, states.pending, strict=True)}
     call = np.repeat(np.arange(n), held + mine)
@@ -592,32 +586,41 @@ def _released(ticks: Columns, counts: np.ndarray, states: States, cfg: KernelCon
             tuple(pool[c][~ready] for c in _PENDING))
 
 
+def _event_times(ticks: Columns) -> np.ndarray:
+    """The ticks' event times; a validation reject's null time as NaN (its call is never one that skips
+    _prepare: the reason says so, :func:`_without_rejects`)."""
+    ts = ticks[TS_MS]
+    return ts.astype(np.float64) if ts.dtype == object else ts
+
+
+def _without_rejects(ticks: Columns, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Whether each call's ticks (``starts`` to ``ends`` of ``ticks``) hold no validation reject."""
+    if REASON not in ticks:
+        return np.ones(len(ends), dtype=bool)
+    bad = np.zeros(len(ticks[REASON]) + 1, dtype=np.int64)
+    np.cumsum(pd.notna(ticks[REASON]), out=bad[1:])
+    return bad[ends] == bad[starts]
+
+
 def _clean_calls(ticks: Columns, counts: np.ndarray, states: States, cfg: KernelConfig,
                  watermark_ms: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Which calls :func:`_prepare` would only raise the high-water mark of (see :func:`_prepare_bucket`),
-    and each call's newest event time (meaningful for those)."""
+    """Which calls :func:`_prepare` would only raise the high-water mark of (see :func:`_prepare_bucket`;
+    arrival mode, or no watermark: in event_time mode see :func:`_released`), and each call's newest event
+    time (meaningful for those)."""
     none = np.zeros(len(counts), dtype=bool)
-    if not len(counts) or (cfg.ordering == "event_time" and watermark_ms is not None):
-        return none, none.astype(np.int64)  # event_time mode: ticks wait for the watermark (_prepare)
     ends = np.cumsum(counts)
     starts = ends - counts
     filled = counts > 0
     if not filled.any():
         return none, none.astype(np.int64)
-    ts = ticks[TS_MS]
-    if ts.dtype == object:  # a validation reject's null time (its call is not clean: the reason says so)
-        ts = ts.astype(np.float64)
+    ts = _event_times(ticks)
     # steps that do not rise (or involve a NaN time), counted up to each position: a call's own are
     # those after its first tick
     falls = np.zeros(len(ts), dtype=np.int64)
     np.cumsum(~(ts[1:] > ts[:-1]), out=falls[1:])
     last = np.where(filled, ends - 1, 0)
     first = np.where(filled, starts, 0)
-    clean = filled & (falls[last] == falls[first])
-    if REASON in ticks:
-        bad = np.zeros(len(ts) + 1, dtype=np.int64)
-        np.cumsum(pd.notna(ticks[REASON]), out=bad[1:])
-        clean &= bad[ends] == bad[starts]
+    clean = filled & (falls[last] == falls[first]) & _without_rejects(ticks, starts, ends)
     oldest, newest = ts[first], ts[last]
     clean &= oldest > _times(states.last_ts)
     clean &= states.pending_len <= 0

@@ -178,13 +178,18 @@ def _state_table_6(numbers: bytes, rows: int, keys: int, shared: int, symbols: l
     ts, price, volume = kernel.unpacked_keys(ints[at:keys_at // 8], keys, shared, *history[:2])
     waiting.update({kernel.PARTITION: np.frombuffer(numbers, dtype=np.int32, offset=keys_at),
                     EXCHANGE: layout.objects(waiting_exchange), TOPIC: layout.objects(waiting_topic)})
-    exchange = layout.objects(exchanges)
-    if code_dtype is not None:
-        exchange = exchange[np.frombuffer(codes, dtype=code_dtype)]
+    exchange = _key_exchanges(exchanges, code_dtype, codes)
     states = kernel.States(layout.objects(last_ts), layout.objects(high_water), layout.objects(last_action),
                            history_len, history, recent_len, (ts, exchange, price, volume), pending_len,
                            tuple(waiting[c] for c in kernel._PENDING))
     return StateTable(layout.objects(symbols), timeouts, states)
+
+
+def _key_exchanges(exchanges: list, code_dtype: str | None, codes: bytes) -> np.ndarray:
+    """The duplicate keys' exchanges from their pickled form: each one's code in the list of them, or the
+    list itself (no codes: a null exchange among them)."""
+    exchange = layout.objects(exchanges)
+    return exchange if code_dtype is None else exchange[np.frombuffer(codes, dtype=code_dtype)]
 
 
 def _state_table(numbers: bytes, rows: int, keys: int, shared: int, symbols: list, last_ts: list, high_water: list,
@@ -196,9 +201,7 @@ def _state_table(numbers: bytes, rows: int, keys: int, shared: int, symbols: lis
     n, at = int(history_len.sum()), 3 * rows
     history = tuple(floats[at + k * n:at + (k + 1) * n] for k in range(3))
     ts, price, volume = kernel.unpacked_keys(ints[at + 3 * n:], keys, shared, *history[:2])
-    exchange = layout.objects(exchanges)
-    if code_dtype is not None:
-        exchange = exchange[np.frombuffer(codes, dtype=code_dtype)]
+    exchange = _key_exchanges(exchanges, code_dtype, codes)
     waiting = kernel.States.of([kernel.SymbolState(pending=kernel.unpacked_pending(p)) for p in pending])
     states = kernel.States(layout.objects(last_ts), layout.objects(high_water), layout.objects(last_action),
                            history_len, history, recent_len, (ts, exchange, price, volume), waiting.pending_len,
