@@ -30,6 +30,7 @@ def base_settings() -> Settings:
         "spark.conf.spark.sql.execution.arrow.maxRecordsPerBatch=5000",
         "spark.log_level=ERROR",
         "stream.state_buckets=4",  # the tests' few symbols share buckets (production: hundreds of buckets)
+        "stream.warm_up_ticks=0",  # a live stream's warm-up: the tests that cover it turn it on
     ], env={})
 
 

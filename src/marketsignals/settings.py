@@ -199,6 +199,10 @@ class StreamSettings(_Section):
     # The sink compacts the audit table's small files (Delta's OPTIMIZE: one file per event date per batch)
     # every this many of its commits, off the batch's path; 0: never (stream/sinks.py, AuditMaintenance).
     audit_compact_interval: int = Field(1000, ge=0)
+    # A live stream (a processingTime trigger) first runs its plan over this many synthetic ticks, so
+    # its first batch with data finds the JIT, the generated code and the Python workers warm; 0: not
+    # (stream/warm_up.py). Bounded runs (availableNow, once) never do.
+    warm_up_ticks: int = Field(20_000, ge=0, le=10_000_000)
 
     @field_validator("audit_table_properties", mode="before")
     @classmethod

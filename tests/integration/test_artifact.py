@@ -142,3 +142,4 @@ def test_streaming_entry_point_runs_from_the_artifact_alone(
                 os.killpg(job.pid, signal.SIGKILL)
                 job.wait()
     assert b'"signal_id"' in signals[0]
+    assert "marketsignals stream: warmed up in" in log.read_text()  # emr.yaml's live stream warms up first

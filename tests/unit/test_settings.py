@@ -111,6 +111,11 @@ def test_the_profiles_leave_the_audit_tables_upkeep_to_the_sink(profile):
     assert session_conf(s.spark)["spark.databricks.delta.optimize.minFileSize"] == str(64 * 1024 * 1024)
 
 
+@pytest.mark.parametrize("profile", ["local", "emr"])
+def test_the_profiles_warm_a_live_stream_up(profile):
+    assert load_settings(profile, [], env={}).stream.warm_up_ticks == 20_000
+
+
 def test_an_audit_table_property_outside_delta_is_refused():
     with pytest.raises(SettingsError, match=r"stream\.audit_table_properties.*delta\.<name>.*'checkpointInterval'"):
         load_settings("local", ["stream.audit_table_properties.checkpointInterval=10"], env={})
@@ -125,6 +130,7 @@ def test_an_audit_table_property_outside_delta_is_refused():
     ("stream.state_buckets=0", ["stream.state_buckets", "greater than or equal to 1"]),
     ("stream.audit_checkpoint_interval=-1", ["stream.audit_checkpoint_interval", "greater than or equal to 0"]),
     ("stream.audit_compact_interval=-5", ["stream.audit_compact_interval", "greater than or equal to 0"]),
+    ("stream.warm_up_ticks=-1", ["stream.warm_up_ticks", "greater than or equal to 0"]),
     ("strategy.no_such_key=1", ["strategy.no_such_key"]),
 ])
 def test_a_bad_value_names_the_key_and_the_expected_form(override, names):

@@ -45,6 +45,7 @@ from marketsignals.stream import checkpoint, state
 from marketsignals.stream.metrics import MetricsListener
 from marketsignals.stream.sinks import SignalSink
 from marketsignals.stream.source import read_ticks
+from marketsignals.stream.warm_up import WarmUpStopped, warm_up
 from marketsignals.validation import parse_ticks, raw_text, with_reject_reason
 
 # Spark's EventTimeWatermark.delayKey: the column metadata that marks an event-time column.
@@ -112,13 +113,19 @@ def bucketed_ticks(raw: DataFrame, settings: Settings) -> DataFrame:
 
 
 def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListener | None = None,
-                 sink: SignalSink | None = None) -> StreamingQuery:
-    """Start the query; returns at once. The caller awaits or stops it (and then closes ``sink``, if
-    it gave one: see :meth:`SignalSink.close`)."""
+                 sink: SignalSink | None = None, stop: threading.Event | None = None) -> StreamingQuery:
+    """Start the query; returns once it runs (a live stream warms up first: stream/warm_up.py; ``stop``
+    set meanwhile ends that with WarmUpStopped). The caller awaits or stops the query (and then closes
+    ``sink``, if it gave one: see :meth:`SignalSink.close`)."""
     buckets = checkpoint.state_buckets(spark, settings.stream.checkpoint, settings.stream.state_buckets)
     if buckets != settings.stream.state_buckets:  # fixed per checkpoint (marketsignals.stream.checkpoint)
         settings = settings.with_overrides([f"stream.state_buckets={buckets}"])
     s = settings.stream
+    if s.warm_up_ticks and not s.bounded:
+        done = warm_up(spark, settings, s.warm_up_ticks, stop)
+        print(f"marketsignals stream: warmed up in {done['s']} s on {done['ticks']:,} synthetic ticks "
+              f"({done['batches']} batches, {done['signals']:,} signals and {done['rejected']:,} rejects dropped)",
+              flush=True)
     listener = listener or MetricsListener(s.metrics_path)
     spark.streams.addListener(listener)
     if sink is None:
@@ -146,9 +153,17 @@ def run(spark: SparkSession, settings: Settings) -> int:
     or is replayed from the checkpoint next time)."""
     listener = MetricsListener(settings.stream.metrics_path)
     sink = SignalSink(settings)
-    query = start_stream(spark, settings, listener=listener, sink=sink)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        query = start_stream(spark, settings, listener=listener, sink=sink, stop=stop)
+    except BaseException as exc:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if not isinstance(exc, WarmUpStopped):
+            raise
+        print(f"marketsignals: {exc}", flush=True)
+        return 0
     try:
         while query.isActive and not stop.is_set():
             try:

@@ -173,6 +173,7 @@ class SignalSink:
 
     settings: Settings
     on_counts: Callable[[int, dict], None] = lambda batch_id, counts: None
+    to_kafka: bool = True  # False: the Kafka records are computed and dropped (stream/warm_up.py)
     _app_id: str | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _audited_through: int | None = field(default=None, init=False)  # this query's newest batch in the table
@@ -225,7 +226,9 @@ class SignalSink:
                 # signals and dead letters in one Kafka write
                 records = columns.kafka_records(out, now, kafka.signals_topic, kafka.dead_letter_topic)
                 tasks = write_tasks(counts["signals"] + counts["rejected"])
-                writes["kafka"] = records.coalesce(tasks).write.format("kafka").options(**sink_options(kafka)).save
+                writer = records.coalesce(tasks).write
+                writes["kafka"] = (writer.format("kafka").options(**sink_options(kafka)).save if self.to_kafka
+                                   else writer.format("noop").mode("overwrite").save)
             if counts["signals"] and not self.audited(out, batch_id):
                 # one file per event date per batch (not one per shuffle partition), unless it is large
                 app_id = self.app_id(out)

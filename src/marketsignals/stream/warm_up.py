@@ -1,0 +1,156 @@
+"""Warm the job's JVM and Python workers before a live stream reads its first tick.
+
+A JVM runs new code in its interpreter until the JIT compiles it, and Spark compiles each stage's
+generated code, starts the Python workers, opens RocksDB and loads Delta the first time a batch needs
+them. A live stream's first batch with data paid all of that: 12-29 s here for a few hundred ticks,
+and the ticks that arrived meanwhile waited for the next batch, which was slow in turn
+(bench/ROUNDS.md, thirtieth and thirty-first rounds).
+
+:func:`warm_up` runs the query's own plan (:func:`marketsignals.stream.job.signal_stream`, the sink's
+columns and its audit write) as a bounded query over synthetic ticks from the feed's generator, a few
+of them bad, written as Kafka records to a folder beside the checkpoint (``<checkpoint>.warm-up``, on
+the checkpoint's file system, which every executor reaches). Spark generates the same Java for it as
+for the Kafka stream (:func:`rows_from_parquet`). It writes nothing to Kafka (its Kafka write goes to
+Spark's ``noop`` sink) and nothing to the real checkpoint or audit table, and it removes its folder
+when it ends. Only the Kafka clients (the source's consumers, the sink's producer) stay cold."""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+
+import pandas as pd
+from pyspark.errors import StreamingQueryException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from marketsignals.feed import FeedOptions, generate, symbol_names
+from marketsignals.settings import Settings
+
+# Spark's Kafka source's columns (the Kafka integration guide)
+KAFKA_SCHEMA = T.StructType([
+    T.StructField("key", T.BinaryType()), T.StructField("value", T.BinaryType()),
+    T.StructField("topic", T.StringType()), T.StructField("partition", T.IntegerType()),
+    T.StructField("offset", T.LongType()), T.StructField("timestamp", T.TimestampType()),
+    T.StructField("timestampType", T.IntegerType()),
+])
+BATCHES = 2  # the second batch runs with state from the first, as every later batch of the stream does
+SYMBOLS = 100
+BAD = {"not_json": 0.002, "missing_field": 0.002, "wrong_type": 0.002, "crossed_quote": 0.002,
+       "non_positive_price": 0.002, "future_timestamp": 0.002, "late": 0.002, "duplicate": 0.002}
+
+
+def folder(settings: Settings) -> str:
+    return settings.stream.checkpoint.rstrip("/") + ".warm-up"
+
+
+def kafka_rows(settings: Settings, ticks: int, now_ms: int) -> pd.DataFrame:
+    """``ticks`` synthetic Kafka records of the tick topics, their event times in the last minute."""
+    topics = tuple(settings.kafka.tick_topics) or ("ticks",)  # any names: the query reads these rows, not Kafka
+    span_ms = 30_000
+    opts = FeedOptions(symbols=symbol_names(SYMBOLS), rate=ticks * 1000 / span_ms, count=ticks, topics=topics,
+                       start_ms=now_ms - 2 * span_ms, bad=BAD)
+    partitions = settings.kafka.partitions
+    offsets: dict[tuple[str, int], int] = {}
+    rows = []
+    for m in generate(opts):
+        partition = zlib.crc32(m.key) % partitions
+        offset = offsets[m.topic, partition] = offsets.get((m.topic, partition), -1) + 1
+        rows.append((m.key, m.value, m.topic, partition, offset, m.ts_ms, 0))
+    frame = pd.DataFrame(rows, columns=[f.name for f in KAFKA_SCHEMA.fields])
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="ms")
+    return frame
+
+
+def warm_up(spark: SparkSession, settings: Settings, ticks: int, stop: threading.Event | None = None) -> dict:
+    """Run the stream's plan over ``ticks`` synthetic ticks in :data:`BATCHES` batches (and the batch
+    Spark adds when the watermark moves); returns what it did (ticks, batches, signals, rejected,
+    seconds) for the job's log. ``stop`` set meanwhile ends it early with :class:`WarmUpStopped`."""
+    from marketsignals.stream.job import signal_stream
+    from marketsignals.stream.sinks import SignalSink
+
+    started = time.monotonic()
+    root = folder(settings)
+    path = spark._jvm.org.apache.hadoop.fs.Path(root)
+    fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
+    fs.delete(path, True)  # a folder left by a run that died during its warm-up
+    try:
+        ticks, files = write_ticks(spark, settings, ticks, f"{root}/input")
+        warm = settings.with_overrides([f"stream.checkpoint={root}/checkpoint", f"stream.audit_table={root}/audit",
+                                        "stream.audit_checkpoint_interval=0", "stream.audit_compact_interval=0"])
+        done = {"ticks": ticks, "batches": 0, "signals": 0, "rejected": 0}
+
+        def counted(batch_id: int, counts: dict) -> None:
+            done["batches"] += 1
+            done["signals"] += counts["signals"]
+            done["rejected"] += counts["rejected"]
+
+        sink = SignalSink(warm, on_counts=counted, to_kafka=False)
+        writer = (signal_stream(tick_source(spark, f"{root}/input", files), warm).writeStream
+                  .queryName(f"{settings.stream.query_name}-warm-up").option("checkpointLocation", f"{root}/checkpoint")
+                  .foreachBatch(sink).trigger(availableNow=True))
+        with rows_from_parquet(spark):
+            query = writer.start()
+            try:
+                while not query.awaitTermination(0.2):
+                    if stop is not None and stop.is_set():
+                        break
+            except StreamingQueryException as exc:
+                text = (getattr(exc, "desc", None) or str(exc)).strip().splitlines()[0][:500]
+                raise WarmUpFailed(f"the warm-up before the stream failed (stream.warm_up_ticks=0 skips it): "
+                                   f"{text}") from exc
+            finally:
+                if query.isActive:
+                    query.stop()
+        if stop is not None and stop.is_set():
+            raise WarmUpStopped("stopped during the warm-up, before the stream read anything")
+        return {**done, "s": round(time.monotonic() - started, 1)}
+    finally:
+        fs.delete(path, True)
+
+
+def write_ticks(spark: SparkSession, settings: Settings, ticks: int, where: str) -> tuple[int, int]:
+    """:func:`kafka_rows` as Parquet files in ``where``, a write for each of :data:`BATCHES` batches, in
+    offset order; returns the ticks and the files a batch."""
+    frame = kafka_rows(settings, ticks, int(time.time() * 1000))
+    files = max(1, spark.sparkContext.defaultParallelism)  # a task each in stage 0: on a cluster, each executor
+    per = -(-len(frame) // BATCHES)
+    for i in range(BATCHES):
+        part = spark.createDataFrame(frame.iloc[i * per:(i + 1) * per], KAFKA_SCHEMA)
+        part.repartition(files, "topic", "partition").write.mode("append").parquet(where)
+    return len(frame), files
+
+
+def tick_source(spark: SparkSession, where: str, files: int) -> DataFrame:
+    """The stream of :func:`write_ticks`'s records, a write a batch (read them in :func:`rows_from_parquet`)."""
+    return spark.readStream.schema(KAFKA_SCHEMA).option("maxFilesPerTrigger", files).parquet(where)
+
+
+@contextmanager
+def rows_from_parquet(spark: SparkSession):
+    """Parquet read a row at a time while the warm-up runs. The warm-up's Kafka-shaped rows then reach the
+    plan as the Kafka source's do, and Spark generates the same Java for every stage of both queries:
+    it compiles identical code once per JVM, so the JIT's work on the warm-up's carries over to the
+    stream. The vectorized reader's batches of columns would need other code (bench/ROUNDS.md,
+    thirty-first round). Spark plans each batch with the session's settings: the stream's own query
+    starts after this ends."""
+    key = "spark.sql.parquet.enableVectorizedReader"
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, "false")
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
+
+
+class WarmUpFailed(RuntimeError):
+    """The warm-up's query failed: the stream's own query would fail the same way."""
+
+
+class WarmUpStopped(Exception):
+    """The job was told to stop during the warm-up."""

@@ -1,0 +1,77 @@
+"""A live stream's warm-up (stream/warm_up.py): the query's plan over synthetic ticks, with nothing left
+behind and nothing sent to Kafka."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import pytest
+
+from marketsignals import feed
+from marketsignals.stream import warm_up
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def settings(base_settings, tmp_path):
+    return base_settings.with_overrides([
+        f"stream.checkpoint={tmp_path}/checkpoint", f"stream.audit_table={tmp_path}/audit",
+        "kafka.bootstrap_servers=127.0.0.1:9",  # nothing listens there: the warm-up must not need Kafka
+    ])
+
+
+def test_warm_up_runs_the_plan_and_the_sink_on_synthetic_ticks_and_leaves_nothing(spark, settings, tmp_path):
+    left = tmp_path / "checkpoint.warm-up" / "input"  # what a run that died during its warm-up left behind
+    left.mkdir(parents=True)
+    (left / "part-00000.parquet").write_bytes(b"not parquet")
+    done = warm_up.warm_up(spark, settings, 3000)
+    assert done["ticks"] == 3000
+    assert done["batches"] >= warm_up.BATCHES
+    assert done["signals"] > 100  # the kernel ran, and the sink's columns and audit write with it
+    assert 0 < done["rejected"] < 150  # the bad ticks took validation's reject paths
+    assert list(tmp_path.iterdir()) == []  # no warm-up folder, and the real checkpoint and table untouched
+    assert not spark.streams.active
+
+
+def test_a_stop_during_the_warm_up_ends_it_and_leaves_nothing(spark, settings, tmp_path):
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(warm_up.WarmUpStopped):
+        warm_up.warm_up(spark, settings, 3000, stop)
+    assert not spark.streams.active
+    assert list(tmp_path.iterdir()) == []
+
+
+def _generated_code(spark, query) -> list[str]:
+    """The Java Spark generated for each whole-stage-codegen subtree of the query's last batch."""
+    plan = query._jsq.streamingQuery().lastExecution().executedPlan()
+    text = spark._jvm.org.apache.spark.sql.execution.debug.package.codegenString(plan)
+    return [part.split("Generated code:\n", 1)[1] for part in re.split(r"== Subtree \d+ / \d+.*==\n", text)[1:]]
+
+
+def test_the_warm_up_has_spark_generate_the_code_the_kafka_stream_runs(spark, kafka_broker, tmp_path):
+    """Spark compiles identical generated code once per JVM: what the JIT makes of the warm-up's is the
+    stream's only if the code is the same, stage for stage."""
+    from marketsignals.stream.job import signal_stream
+    from marketsignals.stream.source import read_ticks
+
+    settings = kafka_broker.isolated("warm-code")
+    kafka_broker.produce(settings, feed.FeedOptions(symbols=feed.symbol_names(5), count=300,
+                                                    topics=tuple(settings.kafka.topics)))
+
+    def one_batch(raw, name: str) -> list[str]:
+        query = (signal_stream(raw, settings).writeStream.format("noop")
+                 .option("checkpointLocation", str(tmp_path / name)).trigger(once=True).start())
+        query.awaitTermination()
+        return _generated_code(spark, query)
+
+    kafka = one_batch(read_ticks(spark, settings.kafka), "kafka")
+    _, files = warm_up.write_ticks(spark, settings, 300, str(tmp_path / "input"))
+    with warm_up.rows_from_parquet(spark):
+        warm = one_batch(warm_up.tick_source(spark, str(tmp_path / "input"), files), "warm")
+    vectorized = one_batch(warm_up.tick_source(spark, str(tmp_path / "input"), files), "vectorized")
+    assert len(kafka) >= 3  # parse, validation, the bucket: up to the shuffle
+    assert warm == kafka
+    assert vectorized != kafka  # Parquet's batches of columns take other code
