@@ -202,7 +202,7 @@ class StreamSettings(_Section):
     # A live stream (a processingTime trigger) first runs its plan over this many synthetic ticks, so
     # its first batch with data finds the JIT, the generated code and the Python workers warm; 0: not
     # (stream/warm_up.py). Bounded runs (availableNow, once) never do.
-    warm_up_ticks: int = Field(20_000, ge=0, le=10_000_000)
+    warm_up_ticks: int = Field(20_000, ge=0, le=1_000_000)  # made in the driver's Python
 
     @field_validator("audit_table_properties", mode="before")
     @classmethod

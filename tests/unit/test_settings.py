@@ -131,6 +131,7 @@ def test_an_audit_table_property_outside_delta_is_refused():
     ("stream.audit_checkpoint_interval=-1", ["stream.audit_checkpoint_interval", "greater than or equal to 0"]),
     ("stream.audit_compact_interval=-5", ["stream.audit_compact_interval", "greater than or equal to 0"]),
     ("stream.warm_up_ticks=-1", ["stream.warm_up_ticks", "greater than or equal to 0"]),
+    ("stream.warm_up_ticks=5000000", ["stream.warm_up_ticks", "less than or equal to 1000000"]),
     ("strategy.no_such_key=1", ["strategy.no_such_key"]),
 ])
 def test_a_bad_value_names_the_key_and_the_expected_form(override, names):

@@ -67,7 +67,7 @@ def kafka_rows(settings: Settings, ticks: int, now_ms: int) -> pd.DataFrame:
 def warm_up(spark: SparkSession, settings: Settings, ticks: int, stop: threading.Event | None = None) -> dict:
     """Run the stream's plan over ``ticks`` synthetic ticks in :data:`BATCHES` batches (and the batch
     Spark adds when the watermark moves); returns what it did (ticks, batches, signals, rejected,
-    seconds) for the job's log. ``stop`` set meanwhile ends it early with :class:`WarmUpStopped`."""
+    audit writes, seconds) for the job's log. ``stop`` set meanwhile ends it early with :class:`WarmUpStopped`."""
     from marketsignals.stream.job import signal_stream
     from marketsignals.stream.sinks import SignalSink
 
@@ -80,12 +80,13 @@ def warm_up(spark: SparkSession, settings: Settings, ticks: int, stop: threading
         ticks, files = write_ticks(spark, settings, ticks, f"{root}/input")
         warm = settings.with_overrides([f"stream.checkpoint={root}/checkpoint", f"stream.audit_table={root}/audit",
                                         "stream.audit_checkpoint_interval=0", "stream.audit_compact_interval=0"])
-        done = {"ticks": ticks, "batches": 0, "signals": 0, "rejected": 0}
+        done = {"ticks": ticks, "batches": 0, "signals": 0, "rejected": 0, "audit_writes": 0}
 
         def counted(batch_id: int, counts: dict) -> None:
             done["batches"] += 1
             done["signals"] += counts["signals"]
             done["rejected"] += counts["rejected"]
+            done["audit_writes"] += "audit" in counts["sink_ms"]
 
         sink = SignalSink(warm, on_counts=counted, to_kafka=False)
         writer = (signal_stream(tick_source(spark, f"{root}/input", files), warm).writeStream
