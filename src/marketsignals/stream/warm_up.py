@@ -116,7 +116,8 @@ def write_ticks(spark: SparkSession, settings: Settings, ticks: int, where: str)
     """:func:`kafka_rows` as Parquet files in ``where``, a write for each of :data:`BATCHES` batches, in
     offset order; returns the ticks and the files a batch."""
     frame = kafka_rows(settings, ticks, int(time.time() * 1000))
-    files = max(1, spark.sparkContext.defaultParallelism)  # a task each in stage 0: on a cluster, each executor
+    files = max(1, spark.sparkContext.defaultParallelism)  # a file a core, a stage-0 task each: on a cluster,
+    # the tasks spread over the executors, whose JVMs each need warming
     per = -(-len(frame) // BATCHES)
     for i in range(BATCHES):
         part = spark.createDataFrame(frame.iloc[i * per:(i + 1) * per], KAFKA_SCHEMA)
