@@ -26,7 +26,7 @@ from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from marketsignals.feed import FeedOptions, generate, symbol_names
+from marketsignals.feed import BAD_KINDS, FeedOptions, generate, symbol_names
 from marketsignals.settings import Settings
 
 # Spark's Kafka source's columns (the Kafka integration guide)
@@ -38,11 +38,11 @@ KAFKA_SCHEMA = T.StructType([
 ])
 BATCHES = 2  # the second batch runs with state from the first, as every later batch of the stream does
 SYMBOLS = 100
-BAD = {"not_json": 0.002, "missing_field": 0.002, "wrong_type": 0.002, "crossed_quote": 0.002,
-       "non_positive_price": 0.002, "future_timestamp": 0.002, "late": 0.002, "duplicate": 0.002}
+BAD = dict.fromkeys(BAD_KINDS, 0.002)  # every bad kind, so each of validation's reject paths runs
 
 
 def folder(settings: Settings) -> str:
+    """Where the warm-up writes: beside the checkpoint, on its file system."""
     return settings.stream.checkpoint.rstrip("/") + ".warm-up"
 
 
