@@ -27,7 +27,7 @@ RECORD = "marketsignals.json"
 def state_buckets(spark: SparkSession, checkpoint: str, configured: int) -> int:
     """The bucket count the query must use with ``checkpoint``: the one recorded there, else
     ``configured`` (recorded now if the checkpoint is new)."""
-    fs, root = _fs(spark, checkpoint)
+    fs, root = file_system(spark, checkpoint)
     record = _path(spark, root, RECORD)
     if fs.exists(record):
         recorded = _recorded_buckets(_read(fs, record), checkpoint)
@@ -44,7 +44,7 @@ def state_buckets(spark: SparkSession, checkpoint: str, configured: int) -> int:
 
 def read_text(spark: SparkSession, checkpoint: str, name: str) -> str:
     """The text of the file ``name`` in the checkpoint (Spark's own, such as ``metadata``, or ours)."""
-    fs, root = _fs(spark, checkpoint)
+    fs, root = file_system(spark, checkpoint)
     return _read(fs, _path(spark, root, name))
 
 
@@ -85,8 +85,9 @@ def _path(spark: SparkSession, directory, name: str):
     return spark._jvm.org.apache.hadoop.fs.Path(directory, name)
 
 
-def _fs(spark: SparkSession, checkpoint: str):
-    root = spark._jvm.org.apache.hadoop.fs.Path(checkpoint)
+def file_system(spark: SparkSession, path: str):
+    """The JVM's Hadoop ``FileSystem`` of ``path`` (local, HDFS, S3) and the path as a Hadoop ``Path``."""
+    root = spark._jvm.org.apache.hadoop.fs.Path(path)
     return root.getFileSystem(spark._jsc.hadoopConfiguration()), root
 
 

@@ -155,11 +155,15 @@ def run(spark: SparkSession, settings: Settings) -> int:
     sink = SignalSink(settings)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore_handlers() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
     try:
         query = start_stream(spark, settings, listener=listener, sink=sink, stop=stop)
     except BaseException as exc:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore_handlers()
         if not isinstance(exc, WarmUpStopped):
             raise
         print(f"marketsignals: {exc}", flush=True)
@@ -172,8 +176,7 @@ def run(spark: SparkSession, settings: Settings) -> int:
             except StreamingQueryException:
                 break  # reported below, from query.exception(), as one restartable line
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore_handlers()
         if query.isActive:
             print("marketsignals: stopping the streaming query", flush=True)
             query.stop()
@@ -184,7 +187,7 @@ def run(spark: SparkSession, settings: Settings) -> int:
                   "comes later", flush=True)
     exc = query.exception()
     if exc is not None:
-        text = (getattr(exc, "desc", None) or str(exc)).strip()
+        text = error_text(exc)
         incompatible = _incompatible_state(text)
         if incompatible:
             raise IncompatibleCheckpoint(f"{IncompatibleCheckpoint.PREFIX}: {incompatible} "
@@ -192,6 +195,11 @@ def run(spark: SparkSession, settings: Settings) -> int:
         raise StreamFailed(f"the streaming query failed: {text.splitlines()[0][:500]} (full trace in the driver "
                            f"log; the job restarts from {settings.stream.checkpoint})")
     return 0
+
+
+def error_text(exc: BaseException) -> str:
+    """A failed query's error as text: PySpark's ``desc`` (the JVM's message and trace), else ``str``."""
+    return (getattr(exc, "desc", None) or str(exc)).strip()
 
 
 def _incompatible_state(text: str) -> str | None:

@@ -28,6 +28,7 @@ from pyspark.sql import types as T
 
 from marketsignals.feed import BAD_KINDS, FeedOptions, generate, symbol_names
 from marketsignals.settings import Settings
+from marketsignals.stream.checkpoint import file_system
 
 # Spark's Kafka source's columns (the Kafka integration guide)
 KAFKA_SCHEMA = T.StructType([
@@ -68,13 +69,12 @@ def warm_up(spark: SparkSession, settings: Settings, ticks: int, stop: threading
     """Run the stream's plan over ``ticks`` synthetic ticks in :data:`BATCHES` batches (and the batch
     Spark adds when the watermark moves); returns what it did (ticks, batches, signals, rejected,
     audit writes, seconds) for the job's log. ``stop`` set meanwhile ends it early with :class:`WarmUpStopped`."""
-    from marketsignals.stream.job import signal_stream
+    from marketsignals.stream.job import error_text, signal_stream
     from marketsignals.stream.sinks import SignalSink
 
     started = time.monotonic()
     root = folder(settings)
-    path = spark._jvm.org.apache.hadoop.fs.Path(root)
-    fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
+    fs, path = file_system(spark, root)
     fs.delete(path, True)  # a folder left by a run that died during its warm-up
     try:
         ticks, files = write_ticks(spark, settings, ticks, f"{root}/input")
@@ -99,9 +99,8 @@ def warm_up(spark: SparkSession, settings: Settings, ticks: int, stop: threading
                     if stop is not None and stop.is_set():
                         break
             except StreamingQueryException as exc:
-                text = (getattr(exc, "desc", None) or str(exc)).strip().splitlines()[0][:500]
                 raise WarmUpFailed(f"the warm-up before the stream failed (stream.warm_up_ticks=0 skips it): "
-                                   f"{text}") from exc
+                                   f"{error_text(exc).splitlines()[0][:500]}") from exc
             finally:
                 if query.isActive:
                     query.stop()
