@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +24,9 @@ def settings(base_settings, tmp_path):
     ])
 
 
-def test_warm_up_runs_the_plan_and_the_sink_on_synthetic_ticks_and_leaves_nothing(spark, settings, tmp_path):
+def test_warm_up_runs_the_plan_and_the_sink_on_synthetic_ticks_and_leaves_nothing(spark, settings, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(warm_up, "KAFKA_WAIT_S", 3.0)  # no Kafka: its part gives up (30 s in the job)
     left = tmp_path / "checkpoint.warm-up" / "input"  # what a run that died during its warm-up left behind
     left.mkdir(parents=True)
     (left / "part-00000.parquet").write_bytes(b"not parquet")
@@ -32,6 +36,7 @@ def test_warm_up_runs_the_plan_and_the_sink_on_synthetic_ticks_and_leaves_nothin
     assert done["signals"] > 100  # the kernel ran
     assert done["audit_writes"] == warm_up.BATCHES  # and the sink wrote each batch's signals to its Delta table
     assert 0 < done["rejected"] < 150  # the bad ticks took validation's reject paths
+    assert done["kafka_ticks"] == 0 and "no batch in 3.0 s" in done["kafka_note"]  # and it did not fail for that
     assert list(tmp_path.iterdir()) == []  # no warm-up folder, and the real checkpoint and table untouched
     assert not spark.streams.active
 
@@ -43,6 +48,30 @@ def test_a_stop_during_the_warm_up_ends_it_and_leaves_nothing(spark, settings, t
         warm_up.warm_up(spark, settings, 3000, stop)
     assert not spark.streams.active
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_warm_up_reads_the_tick_topics_newest_records_with_the_streams_source(spark, kafka_broker, tmp_path):
+    """The Kafka part warms the clients the stream's first batches would meet cold: the driver's admin
+    client and the executors' consumers. It reads only the last seconds' records, never a topic's history."""
+    from marketsignals import kafka_client
+
+    settings = kafka_broker.isolated("warm-kafka")
+    topics = tuple(settings.kafka.tick_topics)
+    producer = kafka_client.producer(settings.kafka)
+    an_hour_ago = int(time.time() * 1000) - 3_600_000
+    for m in feed.generate(feed.FeedOptions(symbols=feed.symbol_names(5), count=400, topics=topics)):
+        producer.send(m.topic, key=m.key, value=m.value, timestamp_ms=an_hour_ago)
+    producer.flush()
+    producer.close()
+    old = warm_up.warm_kafka(spark, settings, str(tmp_path / "old"), 1000)
+    assert old == {"kafka_ticks": 0, "kafka_note": f"none of the tick topics' records is from the last "
+                                                   f"{warm_up.KAFKA_LOOKBACK_S} s"}
+
+    kafka_broker.produce(settings, feed.FeedOptions(symbols=feed.symbol_names(5), count=300, topics=topics))
+    done = warm_up.warm_up(spark, settings, 2000)
+    assert done["kafka_ticks"] == 300 and done["kafka_note"] is None  # the new ones only, not the hour-old 400
+    assert not Path(settings.stream.checkpoint + ".warm-up").exists()
+    assert not spark.streams.active
 
 
 def _generated_code(spark, query) -> list[str]:

@@ -123,9 +123,11 @@ def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListe
     s = settings.stream
     if s.warm_up_ticks and not s.bounded:
         done = warm_up(spark, settings, s.warm_up_ticks, stop)
+        kafka = (f" and {done['kafka_ticks']:,} of the tick topics' newest records" if done["kafka_ticks"]
+                 else f"; Kafka's consumers not warmed: {done['kafka_note']}")
         print(f"marketsignals stream: warmed up in {done['s']} s on {done['ticks']:,} synthetic ticks "
-              f"({done['batches']} batches, {done['signals']:,} signals and {done['rejected']:,} rejects dropped)",
-              flush=True)
+              f"({done['batches']} batches, {done['signals']:,} signals and {done['rejected']:,} rejects dropped)"
+              f"{kafka}", flush=True)
     listener = listener or MetricsListener(s.metrics_path)
     spark.streams.addListener(listener)
     if sink is None:

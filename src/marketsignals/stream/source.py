@@ -30,14 +30,16 @@ def _spark_keys(options: dict[str, str]) -> dict[str, str]:
     return {f"kafka.{k}": str(v) for k, v in options.items()}
 
 
-def read_ticks(spark: SparkSession, kafka: KafkaSettings) -> DataFrame:
-    """The raw tick stream: Kafka key, value, topic, partition, offset, timestamp."""
+def read_ticks(spark: SparkSession, kafka: KafkaSettings, starting: dict[str, str] | None = None) -> DataFrame:
+    """The raw tick stream: Kafka key, value, topic, partition, offset, timestamp (``starting``: the Kafka
+    source's options for where a new query starts, instead of ``kafka.starting_offsets``)."""
     reader = spark.readStream.format("kafka").options(**source_options(kafka))
     if kafka.topic_pattern:
         reader = reader.option("subscribePattern", kafka.topic_pattern)
     else:
         reader = reader.option("subscribe", ",".join(kafka.tick_topics))
-    reader = reader.option("startingOffsets", kafka.starting_offsets).option("failOnDataLoss", "true")
+    reader = reader.options(**(starting or {"startingOffsets": kafka.starting_offsets}))
+    reader = reader.option("failOnDataLoss", "true")
     if kafka.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", str(kafka.max_offsets_per_trigger))
     return reader.load()

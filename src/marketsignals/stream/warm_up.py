@@ -12,7 +12,8 @@ of them bad, written as Kafka records to a folder beside the checkpoint (``<chec
 the checkpoint's file system, which every executor reaches). Spark generates the same Java for it as
 for the Kafka stream (:func:`rows_from_parquet`). It writes nothing to Kafka (its Kafka write goes to
 Spark's ``noop`` sink) and nothing to the real checkpoint or audit table, and it removes its folder
-when it ends. Only the Kafka clients (the source's consumers, the sink's producer) stay cold."""
+when it ends. Then :func:`warm_kafka` reads the tick topics' newest records with the stream's own
+Kafka source, and drops them: of the Kafka clients, only the sink's producer stays cold."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ KAFKA_SCHEMA = T.StructType([
 BATCHES = 2  # the second batch runs with state from the first, as every later batch of the stream does
 SYMBOLS = 100
 BAD = dict.fromkeys(BAD_KINDS, 0.002)  # every bad kind, so each of validation's reject paths runs
+KAFKA_LOOKBACK_S = 10  # warm_kafka reads the tick topics' records of the last this many seconds
+KAFKA_WAIT_S = 30.0  # ... and gives up after this long without a batch (no Kafka reachable)
 
 
 def folder(settings: Settings) -> str:
@@ -104,11 +107,59 @@ def warm_up(spark: SparkSession, settings: Settings, ticks: int, stop: threading
             finally:
                 if query.isActive:
                     query.stop()
+        if not (stop is not None and stop.is_set()):
+            done.update(warm_kafka(spark, settings, f"{root}/kafka-checkpoint", ticks, stop))
         if stop is not None and stop.is_set():
             raise WarmUpStopped("stopped during the warm-up, before the stream read anything")
         return {**done, "s": round(time.monotonic() - started, 1)}
     finally:
         fs.delete(path, True)
+
+
+def warm_kafka(spark: SparkSession, settings: Settings, checkpoint: str, most: int,
+               stop: threading.Event | None = None) -> dict:
+    """Read the tick topics' newest records (those of the last :data:`KAFKA_LOOKBACK_S` seconds, at most
+    ``most``) with the stream's Kafka source and options into Spark's ``noop`` sink, and end after the
+    first batch that read any: the driver's Kafka admin client and the executors' consumers run once, so
+    the JIT has seen them before the stream's first batches (without it they cost a new stream's
+    first two batches ~2 s more here: bench/ROUNDS.md, thirty-second round). It commits no offsets
+    and writes nothing. It never fails the warm-up: without Kafka (none reachable, the topics not
+    there yet, none of their records that new) it ends after :data:`KAFKA_WAIT_S` seconds or at its
+    first empty batch, and the stream meets the broker as it would have. Returns kafka_ticks and
+    kafka_note (why it read none, if it did not)."""
+    from marketsignals.stream.job import error_text
+    from marketsignals.stream.source import read_ticks, source_options
+
+    since_ms = int(time.time() * 1000) - KAFKA_LOOKBACK_S * 1000
+    kafka = settings.with_overrides([f"kafka.max_offsets_per_trigger={max(1, most)}"]).kafka
+    options = {"startingTimestamp": str(since_ms), "startingOffsetsByTimestampStrategy": "latest"}  # none: the end
+    timeouts = ("kafka.request.timeout.ms", "kafka.default.api.timeout.ms")
+    if not any(key in source_options(kafka) for key in timeouts):  # unless the job sets its own:
+        # a Kafka it cannot reach holds the query's stop for a call's whole timeout (60 s by default)
+        options.update(dict.fromkeys(timeouts, str(round(KAFKA_WAIT_S * 1000))))
+    raw = read_ticks(spark, kafka, options)
+    query = (raw.writeStream.format("noop").queryName(f"{settings.stream.query_name}-warm-up-kafka")
+             .option("checkpointLocation", checkpoint).trigger(availableNow=True).start())
+    deadline = time.monotonic() + KAFKA_WAIT_S
+    note = None
+    try:
+        while not query.awaitTermination(0.2):
+            if stop is not None and stop.is_set():
+                break
+            if any(p.get("numInputRows") for p in query.recentProgress):
+                break  # one batch's read is the point: the rest of the topics' newest can stay unread
+            if time.monotonic() > deadline:
+                note = f"no batch in {KAFKA_WAIT_S} s (is Kafka reachable?)"
+                break
+    except StreamingQueryException as exc:
+        note = error_text(exc).splitlines()[0][:300]
+    finally:
+        if query.isActive:
+            query.stop()
+    read = sum(p.get("numInputRows") or 0 for p in query.recentProgress)
+    if not read and note is None:
+        note = f"none of the tick topics' records is from the last {KAFKA_LOOKBACK_S} s"
+    return {"kafka_ticks": read, "kafka_note": note}
 
 
 def write_ticks(spark: SparkSession, settings: Settings, ticks: int, where: str) -> tuple[int, int]:
