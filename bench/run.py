@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jfr", action="store_true",
                    help="record a JFR CPU profile of (a), (b) and (e)'s JVM and summarise it (bench/jfr.py)")
     p.add_argument("--skip", default="", help="comma list of a,b,c,d,e")
+    p.add_argument("--feed-before", action="store_true",
+                   help="(d) and the soak: the feeder runs while the job starts too (its warm-up), as when a job "
+                        "(re)starts while ticks flow; the job, at latest, reads those from its first batch on")
     p.add_argument("--bootstrap", help="use this broker instead of starting one")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra settings for (b),(d),(e)")
     p.add_argument("--code", help="run (a),(b),(d),(e) on another checkout's src/ and conf/ (a baseline)")
@@ -213,7 +216,8 @@ def latency_run(broker: BenchBroker, base: str, rate: float, seconds: float, arg
     overrides = [*topic_overrides(prefix, args.partitions), "kafka.starting_offsets=latest",
                  "stream.emission=every", *extra]
     result = spark_run("latency", {"bootstrap": broker.bootstrap, "work": str(work / prefix), "overrides": overrides,
-                                   "rate": rate, "seconds": seconds, "records": str(records), "catch_up_s": 120},
+                                   "rate": rate, "seconds": seconds, "records": str(records), "catch_up_s": 120,
+                                   "feed_before": args.feed_before},
                        timeout=seconds + 900, interval=interval, nmt_every=nmt_every)
     records.unlink(missing_ok=True)
     return result

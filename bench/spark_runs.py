@@ -115,17 +115,24 @@ def product(settings: Settings, work: Path) -> dict:
     return out
 
 
-def latency(settings: Settings, work: Path, rate: float, seconds: float, records: str, catch_up_s: float) -> dict:
-    """(d) the job on its default trigger while the feeder sends ``rate`` ticks/s for ``seconds``."""
+def latency(settings: Settings, work: Path, rate: float, seconds: float, records: str, catch_up_s: float,
+            feed_before: bool = False) -> dict:
+    """(d) the job on its default trigger while the feeder sends ``rate`` ticks/s for ``seconds`` (with
+    ``feed_before``, at that rate while the job starts too)."""
     from bench.workload import start_feeder, wait_feeder
     from marketsignals.stream.job import start_stream
 
     spark = _session(settings)
     listener = MetricsListener(settings.stream.metrics_path)
+    early = (start_feeder(settings.kafka.bootstrap_servers, Path(records), settings.kafka.tick_topics, rate, 3600)
+             if feed_before else None)
     query = start_stream(spark, settings, listener=listener)
     deadline = time.monotonic() + 300
     while query.isActive and query.lastProgress is None and time.monotonic() < deadline:
-        time.sleep(0.2)  # the first (empty) batch fixes the starting offsets at "latest"
+        time.sleep(0.2)  # the first batch fixes the starting offsets at "latest"
+    if early is not None:  # its ticks after those offsets are the job's first; the measured feed goes on
+        early.terminate()
+        early.wait()
     feed_from, feed_from_epoch = time.monotonic(), time.time()
     feeder = start_feeder(settings.kafka.bootstrap_servers, Path(records), settings.kafka.tick_topics, rate, seconds)
     fed = wait_feeder(feeder)
@@ -227,7 +234,8 @@ def main(argv: list[str]) -> int:
     elif scenario == "product":
         result = product(settings, work)
     elif scenario == "latency":
-        result = latency(settings, work, args["rate"], args["seconds"], args["records"], args.get("catch_up_s", 60))
+        result = latency(settings, work, args["rate"], args["seconds"], args["records"], args.get("catch_up_s", 60),
+                         args.get("feed_before", False))
     else:
         raise SystemExit(f"unknown scenario {scenario}")
     print("BENCH-RESULT " + json.dumps(result), flush=True)

@@ -20,7 +20,7 @@ def test_bench_harness_writes_its_json_table_and_chart(kafka_broker, tmp_path, c
     code = run.main(["--bootstrap", kafka_broker.bootstrap, "--ticks", "3000", "--symbols", "20",
                      "--scale-symbols", "200", "--rates", "300", "--rate-seconds", "4", "--partitions", "1",
                      "--set", "spark.conf.spark.sql.execution.arrow.maxRecordsPerBatch=5000",
-                     "--jfr", "--out", str(tmp_path)])
+                     "--jfr", "--feed-before", "--out", str(tmp_path)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "(b) product" in printed and "b/a =" in printed and "feed rate" in printed
