@@ -121,8 +121,8 @@ def warm_kafka(spark: SparkSession, settings: Settings, checkpoint: str, most: i
     """Read the tick topics' newest records (those of the last :data:`KAFKA_LOOKBACK_S` seconds, at most
     ``most``) with the stream's Kafka source and options into Spark's ``noop`` sink, and end after the
     first batch that read any: the driver's Kafka admin client and the executors' consumers run once, so
-    the JIT has seen them before the stream's first batches (without it they cost a new stream's
-    first two batches ~2 s more here: bench/ROUNDS.md, thirty-second round). It commits no offsets
+    the JIT has seen them before the stream's first batches (a new query's first batch took ~1.9 s
+    longer than the next ones here, ~0.85 s with it: bench/ROUNDS.md, thirty-second round). It commits no offsets
     and writes nothing. It never fails the warm-up: without Kafka (none reachable, the topics not
     there yet, none of their records that new) it ends after :data:`KAFKA_WAIT_S` seconds or at its
     first empty batch, and the stream meets the broker as it would have. Returns kafka_ticks and
