@@ -50,6 +50,24 @@ def test_a_stop_during_the_warm_up_ends_it_and_leaves_nothing(spark, settings, t
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_kafka_part_starts_at_the_last_seconds_and_bounds_its_clients_calls(settings):
+    options = warm_up.kafka_options(settings.kafka, 1_000_000)
+    assert options["startingTimestamp"] == str(1_000_000 - warm_up.KAFKA_LOOKBACK_S * 1000)
+    assert options["startingOffsetsByTimestampStrategy"] == "latest"  # a partition with none that new: its end
+    wait_ms = str(round(warm_up.KAFKA_WAIT_S * 1000))  # else a Kafka it cannot reach holds the stop 60 s
+    assert options["kafka.request.timeout.ms"] == options["kafka.default.api.timeout.ms"] == wait_ms
+    own = settings.with_overrides(["kafka.consumer_options={request.timeout.ms: '90000'}"]).kafka
+    assert warm_up.kafka_options(own, 1_000_000).keys() == {"startingTimestamp", "startingOffsetsByTimestampStrategy"}
+
+
+def test_a_kafka_part_that_cannot_start_is_noted_and_the_warm_up_goes_on(spark, settings, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    done = warm_up.warm_kafka(spark, settings, str(blocker / "checkpoint"), 100)
+    assert done["kafka_ticks"] == 0 and done["kafka_note"].startswith("its query did not start: "), done
+    assert not spark.streams.active
+
+
 def test_the_warm_up_reads_the_tick_topics_newest_records_with_the_streams_source(spark, kafka_broker, tmp_path):
     """The Kafka part warms the clients the stream's first batches would meet cold: the driver's admin
     client and the executors' consumers. It reads only the last seconds' records, never a topic's history."""

@@ -28,8 +28,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from marketsignals.feed import BAD_KINDS, FeedOptions, generate, symbol_names
-from marketsignals.settings import Settings
+from marketsignals.settings import KafkaSettings, Settings
 from marketsignals.stream.checkpoint import file_system
+from marketsignals.stream.source import source_options
 
 # Spark's Kafka source's columns (the Kafka integration guide)
 KAFKA_SCHEMA = T.StructType([
@@ -122,24 +123,22 @@ def warm_kafka(spark: SparkSession, settings: Settings, checkpoint: str, most: i
     ``most``) with the stream's Kafka source and options into Spark's ``noop`` sink, and end after the
     first batch that read any: the driver's Kafka admin client and the executors' consumers run once, so
     the JIT has seen them before the stream's first batches (a new query's first batch took ~1.9 s
-    longer than the next ones here, ~0.85 s with it: bench/ROUNDS.md, thirty-second round). It commits no offsets
-    and writes nothing. It never fails the warm-up: without Kafka (none reachable, the topics not
-    there yet, none of their records that new) it ends after :data:`KAFKA_WAIT_S` seconds or at its
-    first empty batch, and the stream meets the broker as it would have. Returns kafka_ticks and
-    kafka_note (why it read none, if it did not)."""
+    longer than the next ones here, ~0.85 s with it: bench/ROUNDS.md, thirty-second round). It commits
+    no offsets and writes nothing. It never fails the warm-up: without Kafka (none reachable, the
+    topics not there yet, none of their records that new) it ends after :data:`KAFKA_WAIT_S` seconds
+    or at its first empty batch, and the stream meets the broker as it would have. Returns kafka_ticks
+    and kafka_note (why it read none, if it did not)."""
     from marketsignals.stream.job import error_text
-    from marketsignals.stream.source import read_ticks, source_options
+    from marketsignals.stream.source import read_ticks
 
-    since_ms = int(time.time() * 1000) - KAFKA_LOOKBACK_S * 1000
     kafka = settings.with_overrides([f"kafka.max_offsets_per_trigger={max(1, most)}"]).kafka
-    options = {"startingTimestamp": str(since_ms), "startingOffsetsByTimestampStrategy": "latest"}  # none: the end
-    timeouts = ("kafka.request.timeout.ms", "kafka.default.api.timeout.ms")
-    if not any(key in source_options(kafka) for key in timeouts):  # unless the job sets its own:
-        # a Kafka it cannot reach holds the query's stop for a call's whole timeout (60 s by default)
-        options.update(dict.fromkeys(timeouts, str(round(KAFKA_WAIT_S * 1000))))
-    raw = read_ticks(spark, kafka, options)
-    query = (raw.writeStream.format("noop").queryName(f"{settings.stream.query_name}-warm-up-kafka")
-             .option("checkpointLocation", checkpoint).trigger(availableNow=True).start())
+    options = kafka_options(kafka, int(time.time() * 1000))
+    try:
+        query = (read_ticks(spark, kafka, options).writeStream.format("noop")
+                 .queryName(f"{settings.stream.query_name}-warm-up-kafka").option("checkpointLocation", checkpoint)
+                 .trigger(availableNow=True).start())
+    except Exception as exc:  # the stream's own start says what is wrong, if it is the stream's too
+        return {"kafka_ticks": 0, "kafka_note": f"its query did not start: {error_text(exc).splitlines()[0][:300]}"}
     deadline = time.monotonic() + KAFKA_WAIT_S
     note = None
     try:
@@ -160,6 +159,18 @@ def warm_kafka(spark: SparkSession, settings: Settings, checkpoint: str, most: i
     if not read and note is None:
         note = f"none of the tick topics' records is from the last {KAFKA_LOOKBACK_S} s"
     return {"kafka_ticks": read, "kafka_note": note}
+
+
+def kafka_options(kafka: KafkaSettings, now_ms: int) -> dict[str, str]:
+    """:func:`warm_kafka`'s options for the Kafka source: where it starts, and its clients' timeouts."""
+    since_ms = now_ms - KAFKA_LOOKBACK_S * 1000
+    options = {"startingTimestamp": str(since_ms), "startingOffsetsByTimestampStrategy": "latest"}  # none: the end
+    timeouts = ("kafka.request.timeout.ms", "kafka.default.api.timeout.ms")
+    if not any(key in source_options(kafka) for key in timeouts):  # unless the job sets its own (Kafka
+        # rejects a default.api.timeout.ms below request.timeout.ms): a Kafka it cannot reach holds the
+        # query's stop for a call's whole timeout (60 s by default)
+        options.update(dict.fromkeys(timeouts, str(round(KAFKA_WAIT_S * 1000))))
+    return options
 
 
 def write_ticks(spark: SparkSession, settings: Settings, ticks: int, where: str) -> tuple[int, int]:
