@@ -126,13 +126,15 @@ def latency(settings: Settings, work: Path, rate: float, seconds: float, records
     listener = MetricsListener(settings.stream.metrics_path)
     early = (start_feeder(settings.kafka.bootstrap_servers, Path(records), settings.kafka.tick_topics, rate, 3600)
              if feed_before else None)
-    query = start_stream(spark, settings, listener=listener)
-    deadline = time.monotonic() + 300
-    while query.isActive and query.lastProgress is None and time.monotonic() < deadline:
-        time.sleep(0.2)  # the first batch fixes the starting offsets at "latest"
-    if early is not None:  # its ticks after those offsets are the job's first; the measured feed goes on
-        early.terminate()
-        early.wait()
+    try:
+        query = start_stream(spark, settings, listener=listener)
+        deadline = time.monotonic() + 300
+        while query.isActive and query.lastProgress is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # the first batch fixes the starting offsets at "latest"
+    finally:
+        if early is not None:  # its ticks after those offsets are the job's first; the measured feed goes on
+            early.terminate()
+            early.wait()
     feed_from, feed_from_epoch = time.monotonic(), time.time()
     feeder = start_feeder(settings.kafka.bootstrap_servers, Path(records), settings.kafka.tick_topics, rate, seconds)
     fed = wait_feeder(feeder)
