@@ -204,6 +204,12 @@ def error_text(exc: BaseException) -> str:
     return (getattr(exc, "desc", None) or str(exc)).strip()
 
 
+def error_line(exc: BaseException, limit: int = 500) -> str:
+    """The first line of :func:`error_text`, at most ``limit`` characters (the exception's type if none)."""
+    text = error_text(exc)
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 def _incompatible_state(text: str) -> str | None:
     """What to do when the checkpoint holds state this version cannot read (a restart would fail again):
     the handler's StateFormatError, or Spark's own state schema check."""

@@ -20,17 +20,19 @@ from __future__ import annotations
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import pandas as pd
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
+from pyspark.sql.streaming import StreamingQuery
 
 from marketsignals.feed import BAD_KINDS, FeedOptions, generate, symbol_names
 from marketsignals.settings import KafkaSettings, Settings
 from marketsignals.stream.checkpoint import file_system
-from marketsignals.stream.source import source_options
+from marketsignals.stream.source import read_ticks, source_options
 
 # Spark's Kafka source's columns (the Kafka integration guide)
 KAFKA_SCHEMA = T.StructType([
@@ -73,7 +75,7 @@ def warm_up(spark: SparkSession, settings: Settings, ticks: int, stop: threading
     """Run the stream's plan over ``ticks`` synthetic ticks in :data:`BATCHES` batches (and the batch
     Spark adds when the watermark moves); returns what it did (ticks, batches, signals, rejected,
     audit writes, seconds) for the job's log. ``stop`` set meanwhile ends it early with :class:`WarmUpStopped`."""
-    from marketsignals.stream.job import error_text, signal_stream
+    from marketsignals.stream.job import error_line, signal_stream
     from marketsignals.stream.sinks import SignalSink
 
     started = time.monotonic()
@@ -97,17 +99,11 @@ def warm_up(spark: SparkSession, settings: Settings, ticks: int, stop: threading
                   .queryName(f"{settings.stream.query_name}-warm-up").option("checkpointLocation", f"{root}/checkpoint")
                   .foreachBatch(sink).trigger(availableNow=True))
         with rows_from_parquet(spark):
-            query = writer.start()
             try:
-                while not query.awaitTermination(0.2):
-                    if stop is not None and stop.is_set():
-                        break
+                _await(writer.start(), stop)
             except StreamingQueryException as exc:
                 raise WarmUpFailed(f"the warm-up before the stream failed (stream.warm_up_ticks=0 skips it): "
-                                   f"{error_text(exc).splitlines()[0][:500]}") from exc
-            finally:
-                if query.isActive:
-                    query.stop()
+                                   f"{error_line(exc)}") from exc
         if not (stop is not None and stop.is_set()):
             done.update(warm_kafka(spark, settings, f"{root}/kafka-checkpoint", ticks, stop))
         if stop is not None and stop.is_set():
@@ -128,8 +124,7 @@ def warm_kafka(spark: SparkSession, settings: Settings, checkpoint: str, most: i
     topics not there yet, none of their records that new) it ends after :data:`KAFKA_WAIT_S` seconds
     or at its first empty batch, and the stream meets the broker as it would have. Returns kafka_ticks
     and kafka_note (why it read none, if it did not)."""
-    from marketsignals.stream.job import error_text
-    from marketsignals.stream.source import read_ticks
+    from marketsignals.stream.job import error_line
 
     kafka = settings.with_overrides([f"kafka.max_offsets_per_trigger={max(1, most)}"]).kafka
     options = kafka_options(kafka, int(time.time() * 1000))
@@ -138,27 +133,36 @@ def warm_kafka(spark: SparkSession, settings: Settings, checkpoint: str, most: i
                  .queryName(f"{settings.stream.query_name}-warm-up-kafka").option("checkpointLocation", checkpoint)
                  .trigger(availableNow=True).start())
     except Exception as exc:  # the stream's own start says what is wrong, if it is the stream's too
-        return {"kafka_ticks": 0, "kafka_note": f"its query did not start: {error_text(exc).splitlines()[0][:300]}"}
+        return {"kafka_ticks": 0, "kafka_note": f"its query did not start: {error_line(exc, 300)}"}
     deadline = time.monotonic() + KAFKA_WAIT_S
     note = None
     try:
+        # one batch's read is the point: the rest of the topics' newest can stay unread
+        ended = _await(query, stop, lambda: any(p.get("numInputRows") for p in query.recentProgress)
+                       or time.monotonic() > deadline)
+    except StreamingQueryException as exc:
+        ended, note = "failed", error_line(exc, 300)
+    read = sum(p.get("numInputRows") or 0 for p in query.recentProgress)
+    if not read and note is None:
+        note = (f"no batch in {KAFKA_WAIT_S} s (is Kafka reachable?)" if ended == "done"
+                else f"none of the tick topics' records is from the last {KAFKA_LOOKBACK_S} s")
+    return {"kafka_ticks": read, "kafka_note": note}
+
+
+def _await(query: StreamingQuery, stop: threading.Event | None,
+           done: Callable[[], bool] = lambda: False) -> str:
+    """Wait until ``query`` ends ("ended"), ``stop`` is set ("stopped") or ``done()`` ("done"), polling
+    every 0.2 s, and stop the query if it still runs. A failed query raises StreamingQueryException."""
+    try:
         while not query.awaitTermination(0.2):
             if stop is not None and stop.is_set():
-                break
-            if any(p.get("numInputRows") for p in query.recentProgress):
-                break  # one batch's read is the point: the rest of the topics' newest can stay unread
-            if time.monotonic() > deadline:
-                note = f"no batch in {KAFKA_WAIT_S} s (is Kafka reachable?)"
-                break
-    except StreamingQueryException as exc:
-        note = error_text(exc).splitlines()[0][:300]
+                return "stopped"
+            if done():
+                return "done"
+        return "ended"
     finally:
         if query.isActive:
             query.stop()
-    read = sum(p.get("numInputRows") or 0 for p in query.recentProgress)
-    if not read and note is None:
-        note = f"none of the tick topics' records is from the last {KAFKA_LOOKBACK_S} s"
-    return {"kafka_ticks": read, "kafka_note": note}
 
 
 def kafka_options(kafka: KafkaSettings, now_ms: int) -> dict[str, str]:
