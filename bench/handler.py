@@ -125,9 +125,9 @@ def digest(outputs: list[pd.DataFrame], states: dict[int, _GroupState]) -> str:
 
 
 def _symbol_states(blob: bytes) -> dict:
-    """{symbol: (timeout, SymbolState)} of a bucket's state, whichever the format: a table (formats 5 and 6) or,
+    """{symbol: (timeout, SymbolState)} of a bucket's state, whichever the format: a table (formats 5 to 7) or,
     as an older checkout (``--code``) writes it, a dict of each symbol's timeout and pickled state."""
-    _, bucket = pickle.loads(blob)
+    bucket = pickle.loads(blob)[-1]  # after the bucket count (and, from format 7, the keys' partition count)
     if isinstance(bucket, dict):
         return {symbol: (timeout, pickle.loads(pickled)) for symbol, (timeout, pickled) in bucket.items()}
     return {symbol: (timeout, s) for symbol, timeout, s in bucket.rows()}

@@ -17,6 +17,7 @@ Recorder (``python -m bench.jfr FILE`` summarises it).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import re
 import statistics
@@ -98,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.parse_only:
         df = raw.select(F.from_json(F.col("value").cast("string"), schema.FAST_TICK_SCHEMA).alias("tick"))
     elif hasattr(job, "bucketed_ticks"):
-        df = job.bucketed_ticks(raw, settings)
+        # the buckets keyed as a new checkpoint's (state.bucket_keys; a checkout from before has no keys)
+        keyed = "key_partitions" in inspect.signature(job.bucketed_ticks).parameters
+        df = job.bucketed_ticks(raw, settings, *([settings.spark.shuffle_partitions] if keyed else []))
     else:  # a checkout from before it was a function of its own (--code): what signal_stream built then
         from marketsignals.stream import state
 

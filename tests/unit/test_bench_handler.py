@@ -36,7 +36,7 @@ def test_the_handler_bench_runs_and_its_digest_follows_rows_and_states(monkeypat
     outputs[0].loc[0, "symbol"] = "OTHER"
     assert handler.digest(outputs, states) != handler.digest(*again)
     outputs, states = again
-    states[0].update((state.STATE_FORMAT, pickle.dumps((4, {}))))
+    states[0].update((state.STATE_FORMAT, pickle.dumps((4, None, {}))))
     assert handler.digest(outputs, states) != handler.digest(*handler.run(work, state.make_handler(cfg, 4),
                                                                           cfg.watermark_delay_ms))
 

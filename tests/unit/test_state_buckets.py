@@ -136,9 +136,32 @@ def test_a_bucket_makes_the_calls_and_keeps_the_timers_of_its_symbols(ordering):
 
 
 def test_a_checkpoint_written_with_another_bucket_count_stops_with_a_message():
-    blob = (state.STATE_FORMAT, pickle.dumps((BUCKETS * 2, {})))
+    blob = (state.STATE_FORMAT, pickle.dumps((BUCKETS * 2, None, {})))
     with pytest.raises(state.StateFormatError, match=f"stream.state_buckets={BUCKETS * 2}, not {BUCKETS}"):
         state.load_bucket(_state(blob, 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
+
+
+def test_a_buckets_state_keeps_how_its_key_was_made_and_another_keying_stops_with_a_message():
+    """Format 7 records the shuffle partition count the bucket's key was made for (bucket_keys), formats
+    before it are keyed by the buckets' own numbers: a query keying them otherwise would read another
+    bucket's state as this one's, so it stops and says what to do."""
+    cfg = KernelConfig(strategy=StrategySettings())
+    tick = _tick("A", T0, 0)
+    for keyed_for in (None, 2):
+        handler, held = state.make_handler(cfg, BUCKETS, keyed_for), _state(None, 0, GroupState.NO_TIMESTAMP, False)
+        list(handler((0,), iter(_frames([tick])), held))
+        fmt, blob = held.get
+        assert fmt == state.STATE_FORMAT == 7 and pickle.loads(blob)[:2] == (BUCKETS, keyed_for)
+        row = _state((fmt, blob), 0, GroupState.NO_TIMESTAMP, False)
+        assert state.load_bucket(row, BUCKETS, keyed_for).symbols.tolist() == ["A"]
+        other = 3 if keyed_for is None else None
+        with pytest.raises(state.StateFormatError, match=r"restore the checkpoint's marketsignals\.json"):
+            state.load_bucket(row, BUCKETS, other)
+    table = state.StateTable.of([("A", T0, SymbolState(high_water=T0))])
+    format_6 = _state((6, pickle.dumps((BUCKETS, table))), 0, GroupState.NO_TIMESTAMP, False)
+    assert state.load_bucket(format_6, BUCKETS).symbols.tolist() == ["A"]
+    with pytest.raises(state.StateFormatError, match="keyed by bucket number, this query's for 2 shuffle partitions"):
+        state.load_bucket(format_6, BUCKETS, 2)
 
 
 def test_a_buckets_validation_rejects_keep_their_reason_and_raw_value():
@@ -224,7 +247,7 @@ def test_a_symbols_state_pickles_exactly_and_formats_2_to_4_still_load(ordering)
         assert loaded.symbols.tolist() == ["A", "B"] and loaded.timeouts.tolist() == [T0, T0 + 1]
         assert state_fields(loaded.states.state(0)) == state_fields(after), f"format {fmt}"
         assert state_fields(loaded.states.state(1)) == state_fields(SymbolState()), f"format {fmt}"
-    with pytest.raises(state.StateFormatError, match="format 1, this version reads 2, 3, 4, 5 and 6: start from a "):
+    with pytest.raises(state.StateFormatError, match="format 1, this version reads 2, 3, 4, 5, 6 and 7: start from a "):
         state.load_bucket(_state((1, blob[1]), 0, GroupState.NO_TIMESTAMP, False), BUCKETS)
 
 
@@ -356,6 +379,25 @@ def test_every_symbol_has_one_bucket_in_range(spark):
     assert set(buckets.values()) == set(range(7))
     again = spark.createDataFrame([("S1",)], "symbol string").select(state.bucket_of(F.col("symbol"), 7)).first()
     assert again.bucket == buckets["S1"]
+    keyed = spark.createDataFrame([(s,) for s in symbols], "symbol string").select(
+        "symbol", state.bucket_of(F.col("symbol"), 7, 3)).collect()
+    assert {r.symbol: r.bucket for r in keyed} == {s: state.bucket_keys(7, 3)[b] for s, b in buckets.items()}
+
+
+def test_bucket_keys_spread_the_buckets_evenly_over_sparks_shuffle_partitions(spark):
+    from pyspark.sql import functions as F
+
+    # spark_partition_of is Spark's own hash partitioning (a stateful operator's, as repartition's)
+    ints = spark.range(2000).select(F.col("id").cast("int").alias("k"))
+    for partitions in (2, 5, 48):
+        placed = ints.repartition(partitions, "k").select("k", F.spark_partition_id().alias("p")).collect()
+        assert {r.k: r.p for r in placed} == {k: state.spark_partition_of(k, partitions) for k in range(2000)}
+    for buckets, partitions in ((32, 2), (256, 48), (7, 3), (3, 8), (1, 1)):
+        keys = state.bucket_keys(buckets, partitions)
+        assert len(set(keys)) == buckets and min(keys) >= 0
+        assert [state.spark_partition_of(k, partitions) for k in keys] == [b % partitions for b in range(buckets)]
+    # what they mend: the buckets' own numbers fall unevenly (the stateful stage waits for its fullest partition)
+    assert sorted(sum(state.spark_partition_of(b, 2) == p for b in range(32)) for p in range(2)) == [12, 20]
 
 
 @pytest.mark.parametrize(("text", "says"), [

@@ -8,6 +8,11 @@ it did -- as Spark itself does with ``spark.sql.shuffle.partitions``, which its 
 checkpoint. A checkpoint written before this file existed has no record: the job then uses the
 setting, and the state handler stops the query with a one-line error if the state disagrees.
 
+The record also keeps the shuffle partition count the buckets' keys were made for (``state_key_partitions``:
+:func:`marketsignals.stream.state.bucket_keys` spreads the buckets evenly over Spark's partitions). The keys
+name the state, so they are fixed with it. A record without that field (written before 2026-12-04) keys
+each bucket with its own number, as then.
+
 The checkpoint may be on any Hadoop file system (local, HDFS, S3), so the file is read and written
 through the JVM's Hadoop ``FileSystem``, as Spark writes the rest of the checkpoint.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import NamedTuple
 
 from pyspark.sql import SparkSession
 
@@ -24,22 +30,33 @@ _log = logging.getLogger(__name__)
 RECORD = "marketsignals.json"
 
 
-def state_buckets(spark: SparkSession, checkpoint: str, configured: int) -> int:
-    """The bucket count the query must use with ``checkpoint``: the one recorded there, else
-    ``configured`` (recorded now if the checkpoint is new)."""
+class StateLayout(NamedTuple):
+    """How a checkpoint's state is keyed: the bucket count, and the shuffle partition count its buckets'
+    keys were made for (None: each bucket keyed with its own number, as before 2026-12-04)."""
+
+    buckets: int
+    key_partitions: int | None
+
+
+def state_layout(spark: SparkSession, checkpoint: str, configured: int, partitions: int) -> StateLayout:
+    """The state layout the query must use with ``checkpoint``: the one recorded there, else ``configured``
+    buckets keyed for ``partitions`` shuffle partitions (recorded now if the checkpoint is new)."""
     fs, root = file_system(spark, checkpoint)
     record = _path(spark, root, RECORD)
     if fs.exists(record):
-        recorded = _recorded_buckets(_read(fs, record), checkpoint)
-        if recorded != configured:
+        recorded = _recorded_layout(_read(fs, record), checkpoint)
+        if recorded.buckets != configured:
             _log.warning("the checkpoint %s keeps its state in %d buckets, written so when it was created: "
-                         "stream.state_buckets=%d applies to new checkpoints only", checkpoint, recorded, configured)
+                         "stream.state_buckets=%d applies to new checkpoints only", checkpoint, recorded.buckets,
+                         configured)
         return recorded
     if fs.exists(_path(spark, root, "offsets")):
-        return configured  # written by an earlier version: the state handler checks the count it loads
+        # written by an earlier version: the state handler checks the count it loads
+        return StateLayout(configured, None)
     fs.mkdirs(root)
-    _write(fs, record, _path(spark, root, f".{RECORD}.tmp"), {"state_buckets": configured})
-    return configured
+    _write(fs, record, _path(spark, root, f".{RECORD}.tmp"),
+           {"state_buckets": configured, "state_key_partitions": partitions})
+    return StateLayout(configured, partitions)
 
 
 def read_text(spark: SparkSession, checkpoint: str, name: str) -> str:
@@ -56,16 +73,22 @@ def _read(fs, path) -> str:
         stream.close()
 
 
-def _recorded_buckets(text: str, checkpoint: str) -> int:
+def _recorded_layout(text: str, checkpoint: str) -> StateLayout:
     try:
-        buckets = json.loads(text)["state_buckets"]
+        record = json.loads(text)
+        buckets, partitions = record["state_buckets"], record.get("state_key_partitions")
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointRecordError(f"{checkpoint}/{RECORD} is not a marketsignals checkpoint record ({exc}): "
                                     f"restore it, or start from a new checkpoint (stream.checkpoint)") from exc
-    if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:
-        raise CheckpointRecordError(f"{checkpoint}/{RECORD} holds state_buckets={buckets!r}, not a positive "
-                                    f"integer: restore it, or start from a new checkpoint (stream.checkpoint)")
-    return buckets
+    for name, value in (("state_buckets", buckets), ("state_key_partitions", partitions)):
+        if not (value is None and name == "state_key_partitions") and not _positive_int(value):
+            raise CheckpointRecordError(f"{checkpoint}/{RECORD} holds {name}={value!r}, not a positive integer: "
+                                        f"restore it, or start from a new checkpoint (stream.checkpoint)")
+    return StateLayout(buckets, partitions)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _write(fs, path, tmp, record: dict) -> None:
@@ -92,4 +115,4 @@ def file_system(spark: SparkSession, path: str):
 
 
 class CheckpointRecordError(ValueError):
-    """The checkpoint's record of its bucket count is unreadable; the message says what to do."""
+    """The checkpoint's record of its state layout is unreadable; the message says what to do."""

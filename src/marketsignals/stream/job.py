@@ -84,18 +84,19 @@ def validated_ticks(raw: DataFrame, settings: Settings) -> DataFrame:
     )
 
 
-def signal_stream(raw: DataFrame, settings: Settings) -> DataFrame:
-    """The kernel's output rows (signals, rejects, counts) for a raw Kafka stream."""
-    handler = state.make_handler(kernel_config(settings), settings.stream.state_buckets)
+def signal_stream(raw: DataFrame, settings: Settings, key_partitions: int | None = None) -> DataFrame:
+    """The kernel's output rows (signals, rejects, counts) for a raw Kafka stream; the buckets keyed for
+    ``key_partitions`` shuffle partitions (state.bucket_keys; None: by their own numbers)."""
+    handler = state.make_handler(kernel_config(settings), settings.stream.state_buckets, key_partitions)
     return (
-        bucketed_ticks(raw, settings)
+        bucketed_ticks(raw, settings, key_partitions)
         .groupBy(state.BUCKET)
         .applyInPandasWithState(handler, kernel.OUTPUT_SCHEMA, state.STATE_SCHEMA, "append",
                                 GroupStateTimeout.EventTimeTimeout)
     )
 
 
-def bucketed_ticks(raw: DataFrame, settings: Settings) -> DataFrame:
+def bucketed_ticks(raw: DataFrame, settings: Settings, key_partitions: int | None = None) -> DataFrame:
     """What the stateful operator groups (signal_stream): the validated ticks with their bucket and the
     watermark's marker. Everything up to the shuffle, one stage."""
     # Spark computes the watermark from the valid ticks' event time, and would also silently drop
@@ -109,7 +110,8 @@ def bucketed_ticks(raw: DataFrame, settings: Settings) -> DataFrame:
     delay_ms = settings.stream.watermark_delay_ms
     ticks = validated_ticks(raw, settings).withWatermark(EVENT_TIME, settings.stream.watermark_delay)
     marker = F.lit(None).cast("long").alias(EVENT_TIME, metadata={WATERMARK_DELAY_KEY: delay_ms})
-    return ticks.select(state.bucket_of(F.col(SYMBOL), settings.stream.state_buckets), marker, *state.TICK_COLUMNS)
+    return ticks.select(state.bucket_of(F.col(SYMBOL), settings.stream.state_buckets, key_partitions), marker,
+                        *state.TICK_COLUMNS)
 
 
 def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListener | None = None,
@@ -117,12 +119,13 @@ def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListe
     """Start the query; returns once it runs (a live stream warms up first: stream/warm_up.py; ``stop``
     set meanwhile ends that with WarmUpStopped). The caller awaits or stops the query (and then closes
     ``sink``, if it gave one: see :meth:`SignalSink.close`)."""
-    buckets = checkpoint.state_buckets(spark, settings.stream.checkpoint, settings.stream.state_buckets)
-    if buckets != settings.stream.state_buckets:  # fixed per checkpoint (marketsignals.stream.checkpoint)
-        settings = settings.with_overrides([f"stream.state_buckets={buckets}"])
+    layout = checkpoint.state_layout(spark, settings.stream.checkpoint, settings.stream.state_buckets,
+                                     int(spark.conf.get("spark.sql.shuffle.partitions")))
+    if layout.buckets != settings.stream.state_buckets:  # fixed per checkpoint (marketsignals.stream.checkpoint)
+        settings = settings.with_overrides([f"stream.state_buckets={layout.buckets}"])
     s = settings.stream
     if s.warm_up_ticks and not s.bounded:
-        done = warm_up(spark, settings, s.warm_up_ticks, stop)
+        done = warm_up(spark, settings, s.warm_up_ticks, stop, key_partitions=layout.key_partitions)
         kafka = (f" and {done['kafka_ticks']:,} of the tick topics' newest records" if done["kafka_ticks"]
                  else f"; Kafka's consumers not warmed: {done['kafka_note']}")
         print(f"marketsignals stream: warmed up in {done['s']} s on {done['ticks']:,} synthetic ticks "
@@ -133,7 +136,7 @@ def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListe
     if sink is None:
         sink = SignalSink(settings)
     sink.on_counts = listener.record_counts
-    writer = (signal_stream(read_ticks(spark, settings.kafka), settings).writeStream
+    writer = (signal_stream(read_ticks(spark, settings.kafka), settings, layout.key_partitions).writeStream
               .queryName(s.query_name).option("checkpointLocation", s.checkpoint).foreachBatch(sink))
     if s.trigger == "availableNow":
         writer = writer.trigger(availableNow=True)

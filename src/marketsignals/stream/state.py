@@ -10,6 +10,7 @@ waiting for the watermark in ``event_time`` mode.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pickle
 from collections.abc import Iterator
 
@@ -23,6 +24,7 @@ from pyspark.sql.streaming.state import GroupState
 from marketsignals import kernel, layout, pyworker
 from marketsignals.kernel import Columns, KernelConfig, SymbolState
 from marketsignals.schema import EXCHANGE, RAW, REASON, SYMBOL, TOPIC
+from marketsignals.stream.checkpoint import RECORD
 
 # A Spark Python worker imports this module to run the handler: from then on its tasks no longer
 # re-read every zip archive on its path, and its garbage collections skip what the imports made
@@ -39,9 +41,54 @@ pyworker.prepare()
 BUCKET = "bucket"
 
 
-def bucket_of(symbol: Column, buckets: int) -> Column:
-    """The stateful key of a symbol (an int in [0, buckets)); the same in every batch and run."""
-    return F.pmod(F.xxhash64(symbol), F.lit(buckets)).cast("int").alias(BUCKET)
+def bucket_of(symbol: Column, buckets: int, partitions: int | None = None) -> Column:
+    """The stateful key of a symbol; the same in every batch and run. Without ``partitions``, its bucket
+    (an int in [0, buckets)); with them, its bucket's key in :func:`bucket_keys`."""
+    bucket = F.pmod(F.xxhash64(symbol), F.lit(buckets)).cast("int")
+    if partitions:
+        bucket = F.element_at(F.lit(list(bucket_keys(buckets, partitions))), bucket + 1)
+    return bucket.alias(BUCKET)
+
+
+# Spark's stateful operator puts a key in the shuffle partition pmod(Murmur3Hash(key, seed 42), partitions),
+# and the stateful stage ends with its fullest partition. With the buckets' own numbers as keys that spread
+# is uneven: 32 buckets over 2 partitions fall 12 and 20, 256 over 48 from 1 to 12 a partition (5.3 even).
+# So a checkpoint started since the thirty-fourth round keys bucket b with an int that lands in partition
+# b % partitions (bench/ROUNDS.md); its record keeps the partition count those keys were made for
+# (stream/checkpoint.py), as the bucket count: the keys name the state, so they never change for it.
+SPARK_HASH_SEED = 42
+
+
+def spark_partition_of(key: int, partitions: int) -> int:
+    """The shuffle partition Spark's hash partitioning gives an int key: Murmur3_x86_32.hashInt(key, 42),
+    as a signed int, pmod ``partitions``."""
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF
+
+    k = rotl((key & 0xFFFFFFFF) * 0xCC9E2D51 & 0xFFFFFFFF, 15) * 0x1B873593 & 0xFFFFFFFF
+    h = (rotl(SPARK_HASH_SEED ^ k, 13) * 5 + 0xE6546B64) & 0xFFFFFFFF
+    h ^= 4  # the input's length in bytes
+    h = ((h ^ (h >> 16)) * 0x85EBCA6B) & 0xFFFFFFFF
+    h = ((h ^ (h >> 13)) * 0xC2B2AE35) & 0xFFFFFFFF
+    h ^= h >> 16
+    return (h - (1 << 32) if h >= 1 << 31 else h) % partitions  # Python's % of a negative is pmod's
+
+
+@functools.cache
+def bucket_keys(buckets: int, partitions: int) -> tuple[int, ...]:
+    """Each bucket's stateful key: bucket b's is the smallest non-negative int, not another bucket's, that
+    Spark puts in shuffle partition b % partitions. Each partition then holds buckets // partitions or one
+    more of them."""
+    wanted = [len(range(p, buckets, partitions)) for p in range(partitions)]
+    keys: list[list[int]] = [[] for _ in range(partitions)]
+    short, key = sum(1 for n in wanted if n), 0
+    while short:
+        p = spark_partition_of(key, partitions)
+        if len(keys[p]) < wanted[p]:
+            keys[p].append(key)
+            short -= len(keys[p]) == wanted[p]
+        key += 1
+    return tuple(keys[b % partitions][b // partitions] for b in range(buckets))
 
 
 # The handler's input besides the key and the watermark marker: each tick's fields as columns, and its
@@ -86,10 +133,13 @@ _NO_TICKS: Columns = {c: np.empty(0, dtype=kernel.TICK_DTYPES.get(c, object)) fo
 # them ticking every batch, that was a fifth of the handler's CPU); a bucket's states are a few numpy
 # gathers and concatenations, and its quiet symbols are carried over by the same gathers, without
 # being taken apart. Format 6 keeps the event-time buffer as columns too (format 5 kept each symbol's
-# packed_pending tuple, unpacked and packed again for every call in event_time mode). This version
-# reads formats 2 to 6 and writes 6.
-STATE_FORMAT = 6
-READABLE_FORMATS = (2, 3, 4, 5, 6)
+# packed_pending tuple, unpacked and packed again for every call in event_time mode). Format 7 is
+# format 6 with the shuffle partition count the buckets' keys were made for (bucket_keys; None: the
+# buckets' own numbers) beside the bucket count, so a version that keys the state otherwise stops with a
+# message instead of reading another bucket's state as this one's. This version reads formats 2 to 7
+# (those before 7 keyed by the buckets' own numbers) and writes 7.
+STATE_FORMAT = 7
+READABLE_FORMATS = (2, 3, 4, 5, 6, 7)
 STATE_SCHEMA = T.StructType([T.StructField("format", T.IntegerType()), T.StructField("blob", T.BinaryType())])
 
 
@@ -212,35 +262,55 @@ def _state_table(numbers: bytes, rows: int, keys: int, shared: int, symbols: lis
 _EMPTY = StateTable.of([])
 
 
-def load_bucket(state: GroupState, buckets: int) -> StateTable:
-    return _bucket(*state.get, buckets) if state.exists else _EMPTY
+def load_bucket(state: GroupState, buckets: int, key_partitions: int | None = None) -> StateTable:
+    """The bucket's table; its state must have been written with ``buckets`` buckets keyed for
+    ``key_partitions`` (bucket_of), else StateFormatError says what to do."""
+    if not state.exists:
+        return _EMPTY
+    table, keyed_for = _read_bucket(*state.get, buckets)
+    if keyed_for != key_partitions:
+        raise StateFormatError(f"the checkpoint's state is keyed {_keyed(keyed_for)}, this query's "
+                               f"{_keyed(key_partitions)}: restore the checkpoint's {RECORD} (its state "
+                               f"layout), or start from a new checkpoint (stream.checkpoint)")
+    return table
+
+
+def _keyed(partitions: int | None) -> str:
+    return "by bucket number" if partitions is None else f"for {partitions} shuffle partitions"
 
 
 def _bucket(fmt: int, blob: bytes, buckets: int) -> StateTable:
+    """A state row's table, however its bucket was keyed (for reading a checkpoint's every row)."""
+    return _read_bucket(fmt, blob, buckets)[0]
+
+
+def _read_bucket(fmt: int, blob: bytes, buckets: int) -> tuple[StateTable, int | None]:
+    """A state row's table and the shuffle partition count its key was made for (None: its own number)."""
     if fmt not in READABLE_FORMATS:
         readable = f"{', '.join(map(str, READABLE_FORMATS[:-1]))} and {READABLE_FORMATS[-1]}"
         raise StateFormatError(f"the checkpoint holds symbol state format {fmt}, this version reads {readable}: "
                                "start from a new checkpoint (stream.checkpoint)")
-    written, bucket = pickle.loads(blob)
+    loaded = pickle.loads(blob)
+    written, keyed_for, bucket = loaded if fmt >= 7 else (loaded[0], None, loaded[1])
     if written != buckets:
         raise StateFormatError(f"the checkpoint's state was written with stream.state_buckets={written}, not "
                                f"{buckets}: set it back, or start from a new checkpoint (stream.checkpoint)")
     if fmt < 5:  # {symbol: (timeout, pickled SymbolState)}
-        return StateTable.of([(symbol, timeout, pickle.loads(pickled))
-                              for symbol, (timeout, pickled) in bucket.items()])
-    return bucket
+        bucket = StateTable.of([(symbol, timeout, pickle.loads(pickled))
+                                for symbol, (timeout, pickled) in bucket.items()])
+    return bucket, keyed_for
 
 
-def make_handler(cfg: KernelConfig, buckets: int):
+def make_handler(cfg: KernelConfig, buckets: int, key_partitions: int | None = None):
     """The function given to ``applyInPandasWithState`` (Append mode, EventTimeTimeout), keyed by
-    bucket. The kernel runs for each symbol with new ticks, and for each symbol whose own timer the
-    watermark passed (Spark's rule: timeout < watermark) -- exactly the calls Spark would make with
-    the symbol as the key. The bucket's timer is the earliest of its symbols' timers, so it fires
-    whenever one of theirs would."""
+    bucket (``bucket_of(symbol, buckets, key_partitions)``). The kernel runs for each symbol with new
+    ticks, and for each symbol whose own timer the watermark passed (Spark's rule: timeout < watermark)
+    -- exactly the calls Spark would make with the symbol as the key. The bucket's timer is the earliest
+    of its symbols' timers, so it fires whenever one of theirs would."""
 
     def handle(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
         watermark = max(state.getCurrentWatermarkMs(), 0)
-        table = load_bucket(state, buckets)
+        table = load_bucket(state, buckets, key_partitions)
         symbols, ticks, counts = by_symbol(frames)
         row_of = dict(zip(table.symbols.tolist(), range(len(table)), strict=True))
         ticking = set(symbols)
@@ -251,7 +321,7 @@ def make_handler(cfg: KernelConfig, buckets: int):
         timeouts, kept = _timeouts(after, watermark, cfg)
         kept = np.flatnonzero(kept)
         called = StateTable(layout.objects(symbols)[kept], timeouts[kept], after.take(kept))
-        _save(_next_table(table, rows, kept, called), buckets, state)
+        _save(_next_table(table, rows, kept, called), buckets, key_partitions, state)
         yield output
 
     return handle
@@ -287,12 +357,12 @@ def _timeouts(after: kernel.States, watermark: int, cfg: KernelConfig) -> tuple[
     return timeouts, kept
 
 
-def _save(table: StateTable, buckets: int, state: GroupState) -> None:
+def _save(table: StateTable, buckets: int, key_partitions: int | None, state: GroupState) -> None:
     if not len(table):
         if state.exists:
             state.remove()
         return
-    state.update((STATE_FORMAT, pickle.dumps((buckets, table), protocol=pickle.HIGHEST_PROTOCOL)))
+    state.update((STATE_FORMAT, pickle.dumps((buckets, key_partitions, table), protocol=pickle.HIGHEST_PROTOCOL)))
     state.setTimeoutTimestamp(int(table.timeouts.min()))
 
 

@@ -71,10 +71,12 @@ def kafka_rows(settings: Settings, ticks: int, now_ms: int) -> pd.DataFrame:
     return frame
 
 
-def warm_up(spark: SparkSession, settings: Settings, ticks: int, stop: threading.Event | None = None) -> dict:
-    """Run the stream's plan over ``ticks`` synthetic ticks in :data:`BATCHES` batches (and the batch
-    Spark adds when the watermark moves); returns what it did (ticks, batches, signals, rejected,
-    audit writes, seconds) for the job's log. ``stop`` set meanwhile ends it early with :class:`WarmUpStopped`."""
+def warm_up(spark: SparkSession, settings: Settings, ticks: int, stop: threading.Event | None = None,
+            key_partitions: int | None = None) -> dict:
+    """Run the stream's plan (its buckets keyed as the stream's: ``key_partitions``) over ``ticks``
+    synthetic ticks in :data:`BATCHES` batches (and the batch Spark adds when the watermark moves);
+    returns what it did (ticks, batches, signals, rejected, audit writes, seconds) for the job's log.
+    ``stop`` set meanwhile ends it early with :class:`WarmUpStopped`."""
     from marketsignals.stream.job import error_line, signal_stream
     from marketsignals.stream.sinks import SignalSink
 
@@ -95,7 +97,7 @@ def warm_up(spark: SparkSession, settings: Settings, ticks: int, stop: threading
             done["audit_writes"] += "audit" in counts["sink_ms"]
 
         sink = SignalSink(warm, on_counts=counted, to_kafka=False)
-        writer = (signal_stream(tick_source(spark, f"{root}/input", files), warm).writeStream
+        writer = (signal_stream(tick_source(spark, f"{root}/input", files), warm, key_partitions).writeStream
                   .queryName(f"{settings.stream.query_name}-warm-up").option("checkpointLocation", f"{root}/checkpoint")
                   .foreachBatch(sink).trigger(availableNow=True))
         with rows_from_parquet(spark):
