@@ -130,6 +130,9 @@ def test_checkpoint_files_start_no_child_process(spark, jvm, tmp_path):
             out.write(bytearray(b"v1\n{}"))
             out.close()
         rounds.append(children_faults(pid) - before)
-    assert min(rounds) < per_file  # not one child in ten files (Hadoop: 4-5 a file)
+    # Hadoop's file system would start 4-5 children a file here, 40-50 a round. The quietest round stays
+    # under two children's faults: with one child's as the bound, the JVM reaping something else meanwhile
+    # once made the quietest round 37 faults against a child's 31, and the test failed now and then
+    assert min(rounds) < 2 * per_file
     assert sorted(p.name for p in (tmp_path / "checkpoint-2").iterdir() if not p.name.startswith(".")) == \
         sorted(str(i) for i in range(10))
