@@ -162,7 +162,11 @@ class StrategySettings(_Section):
 # its partition), and Delta's own checkpoint (written by the commit that reaches the interval, in the
 # batch's path) only once in a million commits: the sink writes one every
 # stream.audit_checkpoint_interval commits on a thread of its own (stream/sinks.py, AuditMaintenance).
-AUDIT_TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "2", "delta.checkpointInterval": "1000000"}
+# The log's files kept for an hour, not Delta's 30 days: every commit lists them all, and a 1 s trigger
+# adds ~172,800 a day (the sink removes the expired ones after its checkpoints; bench/ROUNDS.md,
+# thirty-fifth round). It is also how far back time travel and a Delta stream reading the table reach.
+AUDIT_TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "2", "delta.checkpointInterval": "1000000",
+                          "delta.logRetentionDuration": "interval 1 hour"}
 
 
 # Triggers under which a query reads what is there and stops (the others: processingTime=<duration>).

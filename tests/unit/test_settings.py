@@ -90,7 +90,8 @@ def test_source_consumer_options_reach_the_source_only():
 def test_audit_table_properties_default_to_the_profile_and_take_dotted_keys(tmp_path):
     s = load_settings("local", ["stream.audit_table_properties.delta.checkpointInterval=10"], env={})
     assert s.stream.audit_table_properties == {"delta.dataSkippingNumIndexedCols": "2",
-                                               "delta.checkpointInterval": "10"}
+                                               "delta.checkpointInterval": "10",
+                                               "delta.logRetentionDuration": "interval 1 hour"}
     # YAML numbers and booleans become the text Delta expects
     conf = tmp_path / "p.yaml"
     conf.write_text("stream:\n  audit_table_properties: {delta.checkpointInterval: 50, delta.appendOnly: true}\n")
@@ -106,6 +107,8 @@ def test_the_profiles_leave_the_audit_tables_upkeep_to_the_sink(profile):
 
     s = load_settings(profile, [], env={})
     assert int(s.stream.audit_table_properties["delta.checkpointInterval"]) == 1_000_000
+    # its log's files an hour, not Delta's 30 days: every commit lists them all (stream/sinks.py, _clean_log)
+    assert s.stream.audit_table_properties["delta.logRetentionDuration"] == "interval 1 hour"
     assert s.stream.audit_checkpoint_interval == 100
     assert s.stream.audit_compact_interval == 1000
     assert session_conf(s.spark)["spark.databricks.delta.optimize.minFileSize"] == str(64 * 1024 * 1024)

@@ -1,7 +1,9 @@
 """The sink's concurrent writes and its materialised batch, on a local SparkSession (no Kafka)."""
 
 import json
+import os
 import threading
+import time
 
 import pytest
 
@@ -177,6 +179,51 @@ def test_the_audit_table_is_checkpointed_off_the_commit_every_n_commits(spark, t
     delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, str(table))
     checkpoints._maintain(spark, delta_log, version=99, compact=False, checkpoint=True)
     assert "Delta wrote none (its newest is at version 7" in checkpoints.finished()["audit_checkpoint"]["error"]
+
+
+def _log_versions(table, suffix=".json") -> list[int]:
+    return sorted(int(p.name.split(".")[0]) for p in (table / "_delta_log").glob(f"*{suffix}")
+                  if not p.name.startswith("."))  # not Hadoop's own checksums
+
+
+@pytest.mark.parametrize("cleanup", [True, False])
+def test_the_sink_removes_the_audit_logs_expired_files_to_the_minute(spark, tmp_path, cleanup):
+    # Delta lists the whole _delta_log at every commit: its files must not pile up for a day or more
+    table = tmp_path / "audit"
+    upkeep = sinks.AuditMaintenance(str(table), every=3)
+
+    def commit() -> None:
+        (spark.range(5).write.format("delta").mode("append").option("delta.checkpointInterval", "1000000")
+         .option("delta.logRetentionDuration", "interval 1 hour")
+         .option("delta.enableExpiredLogCleanup", str(cleanup).lower()).save(str(table)))
+        upkeep.committed(spark)
+        assert upkeep.wait(timeout=60)
+
+    for _ in range(6):  # versions 0..5, the sink's checkpoint at 3
+        commit()
+    first = upkeep.finished()["audit_log_cleanup"]
+    assert first.keys() == ({"version", "ms"} if cleanup else {"version", "ms", "skipped"}), first
+    assert _log_versions(table) == list(range(6))  # all of them younger than the table's retention
+    two_hours_ago = time.time() - 2 * 3600  # Delta goes by the files' times; a day's cut-off would keep these
+    for path in (table / "_delta_log").iterdir():
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    for _ in range(3):  # versions 6..8, the sink's checkpoint at 6
+        commit()
+    outcomes = upkeep.finished()
+    assert outcomes["audit_checkpoint"]["version"] == 6
+    if cleanup:
+        assert outcomes["audit_log_cleanup"] == {"version": 6, "ms": outcomes["audit_log_cleanup"]["ms"]}
+        # every expired file before the newest checkpoint (6) is gone: the table's log starts there
+        assert _log_versions(table) == _log_versions(table, ".crc") == [6, 7, 8]
+        assert _checkpoints_in(table) == [6]
+        with pytest.raises(Exception, match=r"Cannot time travel .* version 5\. Available versions: \[6, 8\]"):
+            spark.read.format("delta").option("versionAsOf", 5).load(str(table)).count()  # the retention's reach
+    else:  # delta.enableExpiredLogCleanup false: the table keeps every file
+        assert outcomes["audit_log_cleanup"]["skipped"] == "the table's delta.enableExpiredLogCleanup is false"
+        assert _log_versions(table) == list(range(9))
+        assert _checkpoints_in(table) == [3, 6]
+    assert spark.read.format("delta").load(str(table)).count() == 45  # it reads whole
+    assert spark.read.format("delta").option("versionAsOf", 6).load(str(table)).count() == 35
 
 
 def test_a_table_that_checkpoints_itself_as_often_gets_no_checkpoint_from_the_sink(spark, tmp_path):

@@ -289,8 +289,8 @@ def checkpoint_due(version: int, every: int, table_every: int, last_block: int) 
 
 
 class AuditMaintenance:
-    """The audit table's upkeep, on a thread of its own: its Delta checkpoints and the compaction of
-    its small files.
+    """The audit table's upkeep, on a thread of its own: its Delta checkpoints, its log's expired files
+    and the compaction of its small files.
 
     **Checkpoints.** Delta 4.0 writes a table's checkpoint in the commit that reaches its
     ``delta.checkpointInterval`` (a post-commit hook; it has no asynchronous one): state reconstruction
@@ -303,6 +303,10 @@ class AuditMaintenance:
     commits from a daemon thread, while the next batches run: Delta writes a checkpoint of a committed
     version while later commits land, as its readers expect. A table whose own interval is at most that
     (one created before, or configured so) keeps Delta's hook and gets none from here; 0 turns this off.
+
+    **The log's expired files.** After each of its checkpoints this removes the log's files older than
+    the table's ``delta.logRetentionDuration`` (an hour for a table the sink created) to the minute, not
+    to the day as Delta does: every commit lists them all (:meth:`_clean_log`).
 
     **Compaction.** Each batch with signals adds one file per event date (65-125 KB at 2,000 ticks/s):
     on a 1 s trigger 86,400 files a day, and every reader of the table opens them all (a query for one
@@ -383,10 +387,12 @@ class AuditMaintenance:
         if compact:
             self._report("audit_compaction", version, lambda outcome: self._compact(spark, outcome))
         if checkpoint:
-            self._report("audit_checkpoint", version,
-                         lambda outcome: self._checkpoint(spark, delta_log, version, outcome))
+            done = self._report("audit_checkpoint", version,
+                                lambda outcome: self._checkpoint(spark, delta_log, version, outcome))
+            if "error" not in done:
+                self._report("audit_log_cleanup", version, lambda outcome: self._clean_log(spark, delta_log, outcome))
 
-    def _report(self, key: str, version: int, work: Callable[[dict], None]) -> None:
+    def _report(self, key: str, version: int, work: Callable[[dict], None]) -> dict:
         started = time.monotonic()
         outcome: dict = {"version": version}
         try:
@@ -400,6 +406,7 @@ class AuditMaintenance:
         outcome["ms"] = round((time.monotonic() - started) * 1000)
         with self._lock:
             self._finished[key] = outcome
+        return outcome
 
     def _compact(self, spark: SparkSession, outcome: dict) -> None:
         from delta.tables import DeltaTable
@@ -414,9 +421,28 @@ class AuditMaintenance:
         if written < version:
             outcome["error"] = f"Delta wrote none (its newest is at version {written}; the driver log says why)"
 
+    @staticmethod
+    def _clean_log(spark: SparkSession, delta_log, outcome: dict) -> None:
+        """Delete the log's files older than the table's ``delta.logRetentionDuration``, to the minute.
+
+        Delta lists the whole ``_delta_log`` at every commit (the snapshot update at the start of each
+        transaction; delta-io/delta#1191 on S3), so each file there costs every later batch's audit write:
+        ~12 us a file here, and on a 1 s trigger the log gains ~172,800 files a day. Delta's own cleanup,
+        after each checkpoint (:meth:`_checkpoint`'s too), truncates its cut-off to the day, so even a
+        short retention leaves up to a day and more of files. This one cuts at the minute. Like Delta's,
+        it removes only files older than the retention whose versions a later checkpoint holds, and none
+        when the table sets ``delta.enableExpiredLogCleanup`` false (bench/ROUNDS.md, thirty-fifth round)."""
+        snapshot = delta_log.unsafeVolatileSnapshot()
+        if not delta_log.enableExpiredLogCleanup(snapshot.metadata()):
+            outcome["skipped"] = "the table's delta.enableExpiredLogCleanup is false"
+            return
+        minute = spark._jvm.org.apache.spark.sql.delta.TruncationGranularity.MINUTE()
+        delta_log.cleanUpExpiredLogs(snapshot, spark._jvm.scala.Option.empty(), minute)
+
     def finished(self) -> dict[str, dict]:
         """The outcomes finished since the last call, by metrics key (``audit_compaction``: version,
-        ms, files_removed, files_added; ``audit_checkpoint``: version, ms; either with ``error``)."""
+        ms, files_removed, files_added; ``audit_checkpoint`` and, after one written, ``audit_log_cleanup``:
+        version, ms; any with ``error``, a cleanup the table turned off with ``skipped``)."""
         with self._lock:
             outcomes, self._finished = self._finished, {}
         return outcomes
