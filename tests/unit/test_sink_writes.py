@@ -186,6 +186,18 @@ def _log_versions(table, suffix=".json") -> list[int]:
                   if not p.name.startswith("."))  # not Hadoop's own checksums
 
 
+def _expired_by_the_minute_not_the_day(retention_s: int = 3600) -> float:
+    """A file time past ``retention_s`` with the cut-off truncated to the minute (the sink's cleanup) and
+    not past it truncated to the day (Delta's own, which each checkpoint runs too), at any hour: the
+    first two minutes of a UTC day, when there is none, are waited out."""
+    while True:
+        edge = time.time() - retention_s
+        minute, day = edge // 60 * 60, edge // 86_400 * 86_400
+        if minute - day >= 120:
+            return max(day + 1, minute - 3600)
+        time.sleep(30)
+
+
 @pytest.mark.parametrize("cleanup", [True, False])
 def test_the_sink_removes_the_audit_logs_expired_files_to_the_minute(spark, tmp_path, cleanup):
     # Delta lists the whole _delta_log at every commit: its files must not pile up for a day or more
@@ -204,9 +216,9 @@ def test_the_sink_removes_the_audit_logs_expired_files_to_the_minute(spark, tmp_
     first = upkeep.finished()["audit_log_cleanup"]
     assert first.keys() == ({"version", "ms"} if cleanup else {"version", "ms", "skipped"}), first
     assert _log_versions(table) == list(range(6))  # all of them younger than the table's retention
-    two_hours_ago = time.time() - 2 * 3600  # Delta goes by the files' times; a day's cut-off would keep these
+    aged = _expired_by_the_minute_not_the_day()  # Delta goes by the files' times
     for path in (table / "_delta_log").iterdir():
-        os.utime(path, (two_hours_ago, two_hours_ago))
+        os.utime(path, (aged, aged))
     for _ in range(3):  # versions 6..8, the sink's checkpoint at 6
         commit()
     outcomes = upkeep.finished()
