@@ -1,6 +1,7 @@
 """The local profile's Hadoop file system for file: paths (jvm/localfs, conf/local.yaml): Hadoop's own,
 with java.nio where Hadoop without its native library starts a child process (bench/ROUNDS.md,
-seventeenth round). The same permissions and link answers as Hadoop's, and no child process."""
+seventeenth round), and one stat for a file's status, a listing's filter before it (thirty-sixth round).
+The same permissions, link answers, statuses and listings as Hadoop's, and no child process."""
 
 import os
 from pathlib import Path
@@ -136,3 +137,91 @@ def test_checkpoint_files_start_no_child_process(spark, jvm, tmp_path):
     assert min(rounds) < 2 * per_file
     assert sorted(p.name for p in (tmp_path / "checkpoint-2").iterdir() if not p.name.startswith(".")) == \
         sorted(str(i) for i in range(10))
+
+
+def _answers(status) -> tuple:
+    """Everything a file status answers (its owner, group and permission read when asked)."""
+    return (status.getPath().toString(), status.getLen(), status.isDirectory(), status.isFile(),
+            status.getModificationTime(), status.getAccessTime(), status.getBlockSize(), status.getReplication(),
+            status.getPermission().toString(), status.getPermission().getStickyBit(), status.getOwner(),
+            status.getGroup())
+
+
+def _tree(root: Path) -> Path:
+    """A directory with what a listing meets: odd names, a subdirectory, modes, a sticky bit, links."""
+    root.mkdir()
+    for i, name in enumerate(("00000000000000000001.json", "a:b", "with space", "per%cent", "#hash", "q?mark",
+                              "ünï", ".hidden", ".00000000000000000001.json.crc")):
+        (root / name).write_bytes(b"t" * (i * 7))
+    (root / "a:b").chmod(0o640)
+    (root / "sub").mkdir(mode=0o750)
+    (root / "sticky").mkdir()
+    (root / "sticky").chmod(0o1777)
+    (root / "to-file").symlink_to(root / "a:b")
+    (root / "to-dir").symlink_to(root / "sub")
+    (root / "dangling").symlink_to(root / "missing")
+    return root
+
+
+def test_statuses_and_listings_answer_as_hadoops(spark, jvm, tmp_path):
+    Path_ = jvm.org.apache.hadoop.fs.Path
+    root = _tree(tmp_path / "log")
+    ours, theirs = nio_raw(jvm, spark), hadoop_raw(jvm, spark)
+    for path in (str(root), root.as_uri()):  # plain and qualified, as Spark passes
+        listed = {fs: sorted((_answers(s) for s in fs.listStatus(Path_(path))), key=str) for fs in (ours, theirs)}
+        assert listed[ours] == listed[theirs]
+        # every entry but the dangling link (java.io finds no file behind it), with its name as Hadoop spells it
+        assert sorted(a[0].rsplit("/", 1)[1] for a in listed[ours]) == \
+            sorted(p.name for p in root.iterdir() if p.name != "dangling")
+    modes = {a[0].rsplit("/", 1)[1]: (a[8], a[9]) for a in listed[ours]}
+    assert modes["a:b"] == ("rw-r-----", False) and modes["sticky"] == ("rwxrwxrwt", True)
+    assert modes["to-file"] == ("rw-r-----", False)  # the target's, as Hadoop's ls -ld of the canonical path
+    for name in ("a:b", "sub", "to-file", "to-dir", "with space"):
+        path = Path_(str(root / name))
+        assert _answers(ours.getFileStatus(path)) == _answers(theirs.getFileStatus(path)), name
+        assert [_answers(s) for s in ours.listStatus(path)] == [_answers(s) for s in theirs.listStatus(path)], name
+    for call in ("getFileStatus", "listStatus"):
+        for fs in (ours, theirs):
+            with pytest.raises(Py4JJavaError, match="FileNotFoundException"):
+                getattr(fs, call)(Path_(str(root / "dangling")))
+
+
+def test_the_checksummed_listing_leaves_out_the_checksum_files_as_hadoops(spark, jvm, tmp_path):
+    Path_ = jvm.org.apache.hadoop.fs.Path
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    ours = _initialized(jvm, spark, jvm.io.marketsignals.hadoop.NioLocalFileSystem())
+    theirs = _initialized(jvm, spark, jvm.org.apache.hadoop.fs.LocalFileSystem())
+    for i in range(3):  # each with its .crc sidecar
+        out = ours.create(Path_(str(tmp_path / f"{i:020d}.json")), True)
+        out.write(bytearray(b"{}"))
+        out.close()
+    assert len(list(tmp_path.iterdir())) == 6
+    listed = {fs: sorted(_answers(s) for s in fs.listStatus(Path_(str(tmp_path)))) for fs in (ours, theirs)}
+    assert listed[ours] == listed[theirs]
+    assert [a[0].rsplit("/", 1)[1] for a in listed[ours]] == [f"{i:020d}.json" for i in range(3)]
+    # the FileContext API (Spark's checkpoint) lists the same
+    context = jvm.org.apache.hadoop.fs.FileContext.getFileContext(jvm.java.net.URI(tmp_path.as_uri()), conf)
+    assert sorted(_answers(s) for s in context.util().listStatus(Path_(tmp_path.as_uri()))) == listed[ours]
+
+
+def test_a_listing_and_its_permissions_start_no_child_process(spark, jvm, tmp_path):
+    Path_ = jvm.org.apache.hadoop.fs.Path
+    pid = jvm.java.lang.ProcessHandle.current().pid()
+    spark.range(1).count()  # see test_checkpoint_files_start_no_child_process
+    for i in range(10):
+        (tmp_path / f"{i:020d}.json").write_text("{}")
+    directory = Path_(str(tmp_path))
+
+    before = children_faults(pid)
+    for status in hadoop_raw(jvm, spark).listStatus(directory)[:3]:
+        status.getPermission()  # Hadoop's own: an `ls -ld` child per file
+    per_file = (children_faults(pid) - before) / 3
+    assert per_file > 0
+
+    ours, rounds = nio_raw(jvm, spark), []
+    for _ in range(3):
+        before = children_faults(pid)
+        permissions = [status.getPermission().toShort() for status in ours.listStatus(directory)]
+        rounds.append(children_faults(pid) - before)
+    assert permissions == [(tmp_path / f"{0:020d}.json").stat().st_mode & 0o777] * 10
+    assert min(rounds) < 2 * per_file  # ten children's faults with Hadoop's

@@ -7,9 +7,11 @@ import java.net.URISyntaxException;
 import org.apache.hadoop.conf.Configuration;
 import org.apache.hadoop.fs.ChecksumFs;
 import org.apache.hadoop.fs.DelegateToFileSystem;
+import org.apache.hadoop.fs.FileStatus;
 import org.apache.hadoop.fs.FsConstants;
 import org.apache.hadoop.fs.FsServerDefaults;
 import org.apache.hadoop.fs.Path;
+import org.apache.hadoop.fs.PathFilter;
 import org.apache.hadoop.fs.local.LocalConfigKeys;
 
 /**
@@ -27,10 +29,24 @@ public class NioLocalFs extends ChecksumFs {
     this(FsConstants.LOCAL_FS_URI, conf);
   }
 
+  /**
+   * A directory's entries without the checksum files, as {@link ChecksumFs} lists them, but left out before
+   * their status is read (a {@code stat} each) and not after (Spark's checkpoint lists its logs this way).
+   */
+  @Override
+  public FileStatus[] listStatus(Path f) throws IOException {
+    return ((Raw) getMyFs()).listStatus(f, path -> !isChecksumFile(path));
+  }
+
   /** Hadoop's {@code RawLocalFs}, with {@link NioRawLocalFileSystem} inside. */
   static final class Raw extends DelegateToFileSystem {
     Raw(URI uri, Configuration conf) throws IOException, URISyntaxException {
       super(uri, new NioRawLocalFileSystem(), conf, FsConstants.LOCAL_FS_URI.getScheme(), false);
+    }
+
+    FileStatus[] listStatus(Path f, PathFilter filter) throws IOException {
+      checkPath(f);
+      return fsImpl.listStatus(f, filter);
     }
 
     @Override
