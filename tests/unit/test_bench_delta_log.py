@@ -14,10 +14,10 @@ def test_the_delta_log_bench_times_appends_as_the_log_grows(spark, monkeypatch, 
     assert delta_log.main(["--files", "0,200", "--appends", "3", "--rows", "10", "--data", str(tmp_path)]) == 0
     printed = capsys.readouterr().out.splitlines()
     rows = [line.split() for line in printed if line.strip()[:1].isdigit()]
-    files = [int(row[0].replace(",", "")) for row in rows]
-    assert len(rows) == 2 and files[1] - files[0] == 200 and files[0] > 0  # the table's own files, then 200 more
+    entries = [int(row[0].replace(",", "")) for row in rows]
+    assert len(rows) == 2 and entries[1] - entries[0] == 200 and entries[0] > 0  # the table's own, then 200 more
     assert all(float(row[1].replace(",", "")) > 0 for row in rows)
-    assert [line for line in printed if line.startswith("per log file: ")]
+    assert [line for line in printed if line.startswith("per log entry: ")]
     assert not (tmp_path / "table").exists()
     assert spark.range(3).count() == 3  # the test session is still there
 
