@@ -227,8 +227,10 @@ def main(argv: list[str]) -> int:
     work = Path(args["work"])
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    settings = bench_settings(args["bootstrap"], *args["overrides"], f"stream.checkpoint={work}/checkpoint",
-                              f"stream.audit_table={work}/audit", f"stream.metrics_path={work}/metrics.jsonl")
+    # the run's own paths first: a --set of bench.run may name others (a table that is already there)
+    settings = bench_settings(args["bootstrap"], f"stream.checkpoint={work}/checkpoint",
+                              f"stream.audit_table={work}/audit", f"stream.metrics_path={work}/metrics.jsonl",
+                              *args["overrides"])
     if args.get("jfr"):  # bench.run --jfr: a CPU profile of this run's JVM, written when the JVM exits
         settings = jfr.recorded(settings, args["jfr"])
     if scenario == "ceiling":
