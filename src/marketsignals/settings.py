@@ -165,8 +165,13 @@ class StrategySettings(_Section):
 # The log's files kept for an hour, not Delta's 30 days: every commit lists them all, and a 1 s trigger
 # adds ~172,800 a day (the sink removes the expired ones after its checkpoints; bench/ROUNDS.md,
 # thirty-fifth round). It is also how far back time travel and a Delta stream reading the table reach.
+# The files a compaction replaced kept in the table's state (tombstones) for a day, not Delta's 7 days:
+# each of the sink's checkpoints writes them all, and its compaction every 1,000 commits replaces ~1,000
+# files, ~86,000 a day on a 1 s trigger (a checkpoint with 600,000 took 9.6 s, with 60,000 2.6 s;
+# bench/ROUNDS.md, thirty-sixth round). It is also how long those files stay safe from a VACUUM.
 AUDIT_TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "2", "delta.checkpointInterval": "1000000",
-                          "delta.logRetentionDuration": "interval 1 hour"}
+                          "delta.logRetentionDuration": "interval 1 hour",
+                          "delta.deletedFileRetentionDuration": "interval 1 day"}
 
 
 # Triggers under which a query reads what is there and stops (the others: processingTime=<duration>).

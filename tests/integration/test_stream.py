@@ -174,6 +174,7 @@ def test_audit_table_is_exactly_once_after_a_forced_replay(spark, kafka_broker):
     assert settings.stream.audit_table_properties.items() <= created.items(), created
     assert created["delta.dataSkippingNumIndexedCols"] == "2"
     assert created["delta.logRetentionDuration"] == "interval 1 hour"
+    assert created["delta.deletedFileRetentionDuration"] == "interval 1 day"
     commits = Path(settings.stream.checkpoint) / "commits"
     last = max(int(p.name) for p in commits.iterdir() if p.name.isdigit())
     # the last batch is audited, tagged in its commit, and is not the run's first audited batch: only

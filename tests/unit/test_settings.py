@@ -91,7 +91,8 @@ def test_audit_table_properties_default_to_the_profile_and_take_dotted_keys(tmp_
     s = load_settings("local", ["stream.audit_table_properties.delta.checkpointInterval=10"], env={})
     assert s.stream.audit_table_properties == {"delta.dataSkippingNumIndexedCols": "2",
                                                "delta.checkpointInterval": "10",
-                                               "delta.logRetentionDuration": "interval 1 hour"}
+                                               "delta.logRetentionDuration": "interval 1 hour",
+                                               "delta.deletedFileRetentionDuration": "interval 1 day"}
     # YAML numbers and booleans become the text Delta expects
     conf = tmp_path / "p.yaml"
     conf.write_text("stream:\n  audit_table_properties: {delta.checkpointInterval: 50, delta.appendOnly: true}\n")
@@ -109,6 +110,8 @@ def test_the_profiles_leave_the_audit_tables_upkeep_to_the_sink(profile):
     assert int(s.stream.audit_table_properties["delta.checkpointInterval"]) == 1_000_000
     # its log's files an hour, not Delta's 30 days: every commit lists them all (stream/sinks.py, _clean_log)
     assert s.stream.audit_table_properties["delta.logRetentionDuration"] == "interval 1 hour"
+    # the files its compactions replaced a day, not Delta's 7: each checkpoint writes them all (_checkpoint)
+    assert s.stream.audit_table_properties["delta.deletedFileRetentionDuration"] == "interval 1 day"
     assert s.stream.audit_checkpoint_interval == 100
     assert s.stream.audit_compact_interval == 1000
     assert session_conf(s.spark)["spark.databricks.delta.optimize.minFileSize"] == str(64 * 1024 * 1024)

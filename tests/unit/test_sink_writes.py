@@ -238,6 +238,38 @@ def test_the_sink_removes_the_audit_logs_expired_files_to_the_minute(spark, tmp_
     assert spark.read.format("delta").option("versionAsOf", 6).load(str(table)).count() == 35
 
 
+@pytest.mark.parametrize("retention", ["interval 1 day", None])
+def test_the_audit_checkpoint_keeps_the_files_compacted_away_for_the_tables_retention(spark, tmp_path, retention):
+    # A compaction replaces ~1,000 files; each checkpoint writes every replaced file (a tombstone) still
+    # within the table's delta.deletedFileRetentionDuration: ~600,000 after Delta's 7 days on a 1 s trigger
+    table = tmp_path / "audit"
+    upkeep = sinks.AuditMaintenance(str(table), every=3)
+    options = {"delta.checkpointInterval": "1000000"}
+    if retention:
+        options["delta.deletedFileRetentionDuration"] = retention
+    for _ in range(3):  # versions 0..2
+        spark.range(5).write.format("delta").mode("append").options(**options).save(str(table))
+        upkeep.committed(spark)
+    now_ms = int(time.time() * 1000)
+    # version 3: what a compaction's commit holds of the files it replaced, two days old and new ones
+    removed = {f"part-old-{i}.parquet": now_ms - 2 * 86_400_000 for i in range(4)}
+    removed |= {f"part-new-{i}.parquet": now_ms for i in range(3)}
+    with open(table / "_delta_log" / f"{3:020d}.json", "w") as commit:
+        commit.write(json.dumps({"commitInfo": {"timestamp": now_ms, "operation": "OPTIMIZE"}}) + "\n")
+        for path, deleted in removed.items():
+            remove = {"path": path, "deletionTimestamp": deleted, "dataChange": False, "extendedFileMetadata": True,
+                      "partitionValues": {}, "size": 1}
+            commit.write(json.dumps({"remove": remove}) + "\n")
+    assert spark.read.format("delta").load(str(table)).count() == 15  # the writer's log now at version 3
+    upkeep.committed(spark)
+    assert upkeep.wait(timeout=60)
+    assert upkeep.finished()["audit_checkpoint"]["version"] == 3
+    kept = sorted(r.path for r in spark.read.parquet(str(table / "_delta_log" / f"{3:020d}.checkpoint.parquet"))
+                  .where("remove IS NOT NULL").select("remove.path").collect())
+    # a day's retention drops the two-day-old ones from the checkpoint; Delta's 7 days keep them all
+    assert kept == sorted(p for p in removed if retention is None or p.startswith("part-new"))
+
+
 def test_a_table_that_checkpoints_itself_as_often_gets_no_checkpoint_from_the_sink(spark, tmp_path):
     table = tmp_path / "audit"
     checkpoints = sinks.AuditMaintenance(str(table), every=3)
