@@ -102,14 +102,11 @@ public class NioRawLocalFileSystem extends RawLocalFileSystem {
   }
 
   private FileStatus[] list(Path f, PathFilter filter) throws IOException {
-    File file = pathToFile(f);
-    FileStatus status = status(file, qualified(file));
-    if (status == null) {
-      throw new FileNotFoundException("File " + f + " does not exist");
-    }
+    FileStatus status = getFileStatus(f);
     if (!status.isDirectory()) {
       return filter == null || filter.accept(status.getPath()) ? new FileStatus[] {status} : new FileStatus[0];
     }
+    File file = pathToFile(f);
     List<FileStatus> results = new ArrayList<>();
     try (DirectoryStream<java.nio.file.Path> entries = Files.newDirectoryStream(file.toPath())) {
       for (java.nio.file.Path entry : entries) {
