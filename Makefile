@@ -45,6 +45,7 @@ jars: java .jars/.fetched $(LOCALFS_JAR)
 	$(MVN) -P connector package
 	$(MVN) -P broker package
 	$(MVN) -P msk-iam package
+	$(MVN) -P s3a package
 	@touch $@
 
 # the one JVM library compiled here: Hadoop's local file system without a child process per file

@@ -74,6 +74,13 @@ def classpath_jars(classpath_dir: str) -> list[str]:
     return jars
 
 
+def with_profile_jars(jars: list[str], configured: str) -> str:
+    """``spark.jars`` for the session: the profile's jars (``spark.jars_dir``), then those a ``spark.conf``
+    (or ``extra_conf``) ``spark.jars`` names, which add to them rather than replace them."""
+    more = [j.strip() for j in configured.split(",") if j.strip()]
+    return ",".join([*jars, *(j for j in more if j not in jars)])
+
+
 def missing_from_class_path(jars: list[str], class_path: str) -> list[str]:
     """The ``jars`` that a JVM's class path (its ``java.class.path``) does not hold."""
     entries = {str(Path(entry).resolve()) for entry in class_path.split(os.pathsep) if entry}
@@ -109,8 +116,10 @@ def build_session(spark: SparkSettings, extra_conf: dict[str, str] | None = None
         # core) the JVM's memory outside its own accounting (NMT) grew 28 MB over the second half of a
         # 10-minute soak, with 2 arenas 6 MB (bench/ROUNDS.md, fifteenth round). YARN sets its own.
         os.environ.setdefault("MALLOC_ARENA_MAX", LOCAL_MALLOC_ARENA_MAX)
-    conf = {"spark.jars": ",".join(local_jars(spark.jars_dir))} if spark.jars_dir else {}
-    conf.update(session_conf(spark, extra_conf, bounded))
+    conf = session_conf(spark, extra_conf, bounded)
+    jars = with_profile_jars(local_jars(spark.jars_dir) if spark.jars_dir else [], conf.get("spark.jars", ""))
+    if jars:
+        conf["spark.jars"] = jars
     classpath = classpath_jars(spark.classpath_dir) if spark.classpath_dir else []
     if classpath:
         paths = [conf.get(DRIVER_CLASS_PATH, ""), *classpath]

@@ -100,6 +100,16 @@ def test_audit_table_properties_default_to_the_profile_and_take_dotted_keys(tmp_
     assert s.stream.audit_table_properties == {"delta.checkpointInterval": "50", "delta.appendOnly": "true"}
 
 
+def test_jars_a_conf_names_add_to_the_profiles_jars():
+    # spark.conf.spark.jars (or a caller's extra_conf) adds to spark.jars_dir's jars, never drops the connector
+    from marketsignals.session import with_profile_jars
+
+    assert with_profile_jars(["/j/kafka.jar", "/j/delta.jar"], "") == "/j/kafka.jar,/j/delta.jar"
+    assert with_profile_jars(["/j/kafka.jar"], " /s3a/aws.jar, /j/kafka.jar ,") == "/j/kafka.jar,/s3a/aws.jar"
+    assert with_profile_jars([], "/s3a/aws.jar") == "/s3a/aws.jar"
+    assert with_profile_jars([], "") == ""
+
+
 @pytest.mark.parametrize("profile", ["local", "emr"])
 def test_the_profiles_leave_the_audit_tables_upkeep_to_the_sink(profile):
     # Delta's own checkpoint (in the commit, in the batch's path) far out; the sink's every 100 commits,
