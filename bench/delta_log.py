@@ -14,18 +14,34 @@ system writes beside every file and leaves out of its listings. A 1 s trigger ad
 (the commit and its checksum), four entries with their sidecars on a local path: ~172,800 files a
 day, which Delta keeps for ``delta.logRetentionDuration`` (30 days by default; an hour for the audit
 table the sink creates, whose expired files the sink removes: bench/ROUNDS.md, thirty-fifth round).
+
+``--s3`` puts the table on ``s3a://`` in a moto server on loopback (Hadoop's S3A, ``make jars`` fetches it
+into ``.jars/s3a``), pads its log with empty objects (no sidecars there; Delta's own checksum files are
+objects of their own), checkpoints it, and times each count twice, alternating: with Delta listing the
+whole log (``delta.enableFastS3AListFrom`` off) and from the checkpoint's version (on, what the stream
+turns on for an audit table on S3A: ``stream.sinks.fast_log_listing``). It prints the LIST requests an
+append made (S3A's own count: S3 returns 1,000 keys a request); moto's milliseconds are not S3's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import shutil
+import socket
 import statistics
 import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WARM_UP_APPENDS = 2
+S3A_JARS = ROOT / ".jars" / "s3a"
+FAST_LISTING = "delta.enableFastS3AListFrom"
+LIST_COUNTERS = ("object_list_request", "object_continue_list_request")  # S3A's IOStatistics
 
 
 def pad(log: Path, start: int, stop: int) -> None:
@@ -36,6 +52,95 @@ def pad(log: Path, start: int, stop: int) -> None:
         (log / (name if i % 2 == 0 else f".{name}.crc")).touch()
 
 
+def s3a_jars() -> str:
+    """``spark.jars`` for Hadoop's S3A (``make jars``); a clear error if they are not there."""
+    jars = sorted(str(p) for p in S3A_JARS.glob("*.jar"))
+    if not any(Path(j).name.startswith("hadoop-aws-") for j in jars):
+        raise SystemExit(f"no hadoop-aws jar in {S3A_JARS}: run `make jars`")
+    return ",".join(jars)
+
+
+@contextlib.contextmanager
+def moto_s3(spark, bucket: str) -> Iterator[object]:
+    """A moto S3 server on loopback with ``bucket`` in it, and the session's S3A pointed at it for that
+    bucket only (S3A's per-bucket options); yields a boto3 client of it. The session needs the S3A jars."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id="bench", aws_secret_access_key="bench")
+        client.create_bucket(Bucket=bucket)
+        conf = spark.sparkContext._jsc.hadoopConfiguration()
+        for key, value in {"endpoint": endpoint, "endpoint.region": "us-east-1", "path.style.access": "true",
+                           "connection.ssl.enabled": "false", "access.key": "bench", "secret.key": "bench",
+                           "aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
+                           "paging.maximum": "1000",  # S3 returns at most 1,000 keys a request, moto all asked
+                           }.items():
+            conf.set(f"fs.s3a.bucket.{bucket}.{key}", value)
+        yield client
+    finally:
+        server.stop()
+
+
+def list_requests(spark, path: str) -> int:
+    """The LIST requests S3A has made so far for ``path``'s bucket (its file system's own count)."""
+    jvm = spark._jvm
+    fs = jvm.org.apache.hadoop.fs.Path(path).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    counters = fs.getIOStatistics().counters()
+    return sum(int(counters.get(name) or 0) for name in LIST_COUNTERS)
+
+
+def pad_s3(client, bucket: str, log_key: str, start: int, stop: int) -> None:
+    """Empty objects ``start`` .. ``stop - 1`` in the log at ``log_key``, named below version 1's commit."""
+    def put(i: int) -> None:
+        client.put_object(Bucket=bucket, Key=f"{log_key}/00000000000000000000.bench-{i:09d}", Body=b"")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, range(start, stop)))
+
+
+def run_s3(spark, counts: list[int], appends: int, rows_per_append: int) -> int:
+    delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog
+    bucket = f"bench-delta-log-{uuid.uuid4().hex[:8]}"  # S3A keeps a bucket's client (and endpoint) per JVM
+    table = f"s3a://{bucket}/table"
+    rows = spark.range(0, rows_per_append, 1, 1).selectExpr("id", "cast(id AS string) AS text")
+    with moto_s3(spark, bucket) as client:
+        for _ in range(6):
+            rows.write.format("delta").mode("append").save(table)
+        made = 0
+        print(f"{'entries in _delta_log':>21} {'fast listing':>12} {'LISTs an append':>15} {'median ms':>9}")
+        for count in counts:
+            pad_s3(client, bucket, "table/_delta_log", made, count)
+            made = max(made, count)
+            delta_log.clearCache()
+            delta_log.forTable(spark._jsparkSession, table).checkpoint()  # Delta lists from here on
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="table/_delta_log/")
+            entries = sum(page["KeyCount"] for page in pages)
+            for fast in ("false", "true"):
+                spark.conf.set(FAST_LISTING, fast)
+                delta_log.clearCache()  # Delta reads the setting when it opens the table
+                took, lists = [], []
+                for _ in range(appends):
+                    before, started = list_requests(spark, table), time.monotonic()
+                    rows.write.format("delta").mode("append").save(table)
+                    took.append((time.monotonic() - started) * 1000)
+                    lists.append(list_requests(spark, table) - before)
+                print(f"{entries:>21,} {fast:>12} "
+                      f"{statistics.median(lists[WARM_UP_APPENDS:]):>15,.0f} "
+                      f"{statistics.median(took[WARM_UP_APPENDS:]):>9,.0f}", flush=True)
+    spark.conf.unset(FAST_LISTING)
+    delta_log.clearCache()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.delta_log", description=__doc__.splitlines()[0])
     p.add_argument("--files", default="0,5000,20000,100000",
@@ -43,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--appends", type=int, default=12, help="appends timed at each count")
     p.add_argument("--rows", type=int, default=500, help="rows an append")
     p.add_argument("--data", default=str(ROOT / ".local" / "bench" / "delta-log"))
+    p.add_argument("--s3", action="store_true", help="the table on s3a:// in a moto server, fast listing off and on")
     args = p.parse_args(argv)
     counts = [int(x) for x in args.files.split(",") if x.strip()]
     if counts != sorted(counts) or any(c < 0 for c in counts) or args.appends <= WARM_UP_APPENDS:
@@ -51,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     from marketsignals.session import build_session
     from marketsignals.settings import load_settings
 
+    if args.s3:
+        return run_s3(build_session(load_settings("local", [f"spark.conf.spark.jars={s3a_jars()}"]).spark),
+                      counts, args.appends, args.rows)
     spark = build_session(load_settings("local", []).spark)
     table = Path(args.data) / "table"
     shutil.rmtree(table, ignore_errors=True)

@@ -29,3 +29,19 @@ def test_the_delta_log_bench_refuses_counts_out_of_order(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         delta_log.main(["--files", "100,0"])
     assert exit_.value.code == 2 and "--files must ascend" in capsys.readouterr().err
+
+
+def test_the_delta_log_bench_counts_an_s3a_tables_list_requests_with_and_without_fast_listing(
+        spark, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import delta_log
+
+    assert delta_log.main(["--s3", "--files", "0,1100", "--appends", "3", "--rows", "5"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[1] for row in rows] == ["false", "true"] * 2
+    entries = [int(row[0].replace(",", "")) for row in rows]
+    assert entries[0] == entries[1] > 0 and entries[2] == entries[3] > 1100
+    lists = {(row[0], row[1]): int(row[2]) for row in rows}
+    padded = rows[2][0]
+    assert lists[padded, "false"] - lists[padded, "true"] >= 1  # a second page of the whole log
+    assert spark.conf.get(delta_log.FAST_LISTING, None) is None  # the bench leaves the session as it was
