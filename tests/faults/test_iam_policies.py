@@ -116,6 +116,8 @@ def test_the_job_reads_its_code_writes_its_state_and_appends_its_audit_only():
         ("s3:GetObject", f"{S3}acme-data/marketsignals/history/date=2026-01-02/part-0.parquet", {}),
         ("s3:PutObject", f"{S3}acme-data/marketsignals/logs/j-1/steps/s-1/stderr.gz", {}),
         ("s3:ListBucket", f"{S3}acme-data", {"s3:prefix": "marketsignals/checkpoints/stream/commits/"}),
+        # Delta's listing of the audit log from a version on S3A (stream.sinks.fast_log_listing): no trailing /
+        ("s3:ListBucket", f"{S3}acme-data", {"s3:prefix": "marketsignals/tables/signals_audit/_delta_log"}),
         ("kms:GenerateDataKey", VALUES["<KMS_KEY_ARN>"], {"kms:ViaService": "s3.us-east-1.amazonaws.com"}),
         ("logs:PutLogEvents", "arn:aws:logs:us-east-1:111122223333:log-group:/aws/emr/marketsignals:log-stream:d", {}),
         ("cloudwatch:PutMetricData", "*", {"cloudwatch:namespace": "MarketSignals"}),

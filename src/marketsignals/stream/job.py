@@ -43,7 +43,7 @@ from marketsignals.secrets import resolve_secrets
 from marketsignals.settings import Settings, load_settings
 from marketsignals.stream import checkpoint, state
 from marketsignals.stream.metrics import MetricsListener
-from marketsignals.stream.sinks import SignalSink
+from marketsignals.stream.sinks import FAST_LOG_LISTING, SignalSink, fast_log_listing
 from marketsignals.stream.source import read_ticks
 from marketsignals.stream.warm_up import WarmUpStopped, warm_up
 from marketsignals.validation import parse_ticks, raw_text, with_reject_reason
@@ -124,6 +124,9 @@ def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListe
     if layout.buckets != settings.stream.state_buckets:  # fixed per checkpoint (marketsignals.stream.checkpoint)
         settings = settings.with_overrides([f"stream.state_buckets={layout.buckets}"])
     s = settings.stream
+    if fast_log_listing(spark, s.audit_table):
+        print(f"marketsignals stream: the audit table is on S3A: Delta lists its log from the version it needs "
+              f"({FAST_LOG_LISTING})", flush=True)
     if s.warm_up_ticks and not s.bounded:
         done = warm_up(spark, settings, s.warm_up_ticks, stop, key_partitions=layout.key_partitions)
         kafka = (f" and {done['kafka_ticks']:,} of the tick topics' newest records" if done["kafka_ticks"]

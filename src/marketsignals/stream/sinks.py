@@ -456,6 +456,61 @@ class AuditMaintenance:
         return True
 
 
+FAST_LOG_LISTING = "delta.enableFastS3AListFrom"  # delta-storage's S3SingleDriverLogStore reads it
+S3A_FILE_SYSTEM = "org.apache.hadoop.fs.s3a.S3AFileSystem"
+
+
+def fast_log_listing(spark: SparkSession, table: str) -> bool:
+    """Let Delta list the audit table's log from the version it needs, when the table is on S3A.
+
+    Delta lists a table's ``_delta_log`` at the start of every commit (:meth:`AuditMaintenance._clean_log`),
+    and on S3 a listing is one LIST request per 1,000 keys: an hour's log on a 1 s trigger holds ~7,200
+    (each commit and its checksum file), eight requests in a row in every batch's audit write. delta-storage
+    can ask S3 to start the listing at the version it needs (``delta.enableFastS3AListFrom``), one request
+    for the few keys after the table's newest checkpoint. It does so only through Hadoop's S3A file system,
+    which is what ``s3://`` is on EMR from release 7.10 (emr-spark-8.0.0 among them); through another one,
+    such as EMRFS (``s3://`` before 7.10, or with ``fs.s3.impl`` set back to it), every listing would fail.
+    So this turns it on, for the session, only when ``table``'s file system is an S3AFileSystem, and never
+    over a value the session or its Hadoop configuration (``spark.hadoop.*``) already sets. Call it before
+    the session first touches the table: Delta reads the setting once per table it opens. Returns whether
+    it turned it on (bench/ROUNDS.md, thirty-seventh round)."""
+    hadoop_conf = spark._jsparkSession.sessionState().newHadoopConf()  # what Delta's log store reads
+    if hadoop_conf.get(FAST_LOG_LISTING) is not None or spark.conf.get(f"spark.hadoop.{FAST_LOG_LISTING}", None):
+        return False  # the user's choice (the second one set after the session's start, too late for Delta)
+    try:
+        fs = spark._jvm.org.apache.hadoop.fs.Path(table).getFileSystem(hadoop_conf)
+        cls = fs.getClass()
+        while cls is not None and cls.getName() != S3A_FILE_SYSTEM:
+            cls = cls.getSuperclass()
+    except Exception as exc:  # the table's file system not reachable now: the audit write will say why
+        _log.warning("could not tell the audit table's file system (%s); Delta lists its log whole", exc)
+        return False
+    if cls is None:
+        return False
+    failed = list_from_a_version_fails(spark, fs, table)
+    if failed:
+        _log.warning("Delta's listing of a log from a version fails on this S3A (%s); it lists the audit table's "
+                     "log whole", failed)
+        return False
+    spark.conf.set(FAST_LOG_LISTING, "true")
+    return True
+
+
+def list_from_a_version_fails(spark: SparkSession, fs, table: str) -> str | None:
+    """Why delta-storage's listing from a version fails on ``fs`` (an S3AFileSystem), or None if it works:
+    one listing of ``table``'s log as Delta's log store would make it. That code calls S3A's internal
+    listing classes, not a public API, so an S3A other than the Hadoop it was built against (a vendor's)
+    could fail every one of Delta's listings at run time; this finds out once, at the start."""
+    try:
+        jpath = spark._jvm.org.apache.hadoop.fs.Path
+        log = fs.makeQualified(jpath(f"{table.rstrip('/')}/_delta_log"))
+        spark._jvm.io.delta.storage.internal.S3LogStoreUtil.s3ListFromArray(fs, jpath(log, "0" * 20), log)
+    except Exception as exc:
+        text = str(exc).strip()
+        return text.splitlines()[0][:300] if text else type(exc).__name__
+    return None
+
+
 JOB_GROUP = "spark.jobGroup.id"  # the streaming query's run id while a batch runs: stop() cancels this group
 # what a Java call interrupted by stop() fails with (Spark's StreamExecution.isInterruptionException)
 INTERRUPTIONS = ("java.lang.InterruptedException", "java.io.InterruptedIOException",
