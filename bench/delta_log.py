@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import re
 import shutil
 import socket
 import statistics
@@ -60,14 +61,35 @@ def s3a_jars() -> str:
     return ",".join(jars)
 
 
+class _RequestLog(logging.Handler):
+    """Each request moto's web server logs, as (method, path with its query) into a list."""
+
+    LINE = re.compile(r'"(?:\x1b\[[0-9;]*m)*([A-Z]+) (\S+) HTTP')  # a line may start with a colour code
+
+    def __init__(self, into: list[tuple[str, str]]) -> None:
+        super().__init__(logging.INFO)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = self.LINE.search(record.getMessage())
+        if match:
+            self.into.append((match.group(1), match.group(2)))
+
+
 @contextlib.contextmanager
-def moto_s3(spark, bucket: str) -> Iterator[object]:
+def moto_s3(spark, bucket: str, requests: list[tuple[str, str]] | None = None) -> Iterator[object]:
     """A moto S3 server on loopback with ``bucket`` in it, and the session's S3A pointed at it for that
-    bucket only (S3A's per-bucket options); yields a boto3 client of it. The session needs the S3A jars."""
+    bucket only (S3A's per-bucket options); yields a boto3 client of it. The session needs the S3A jars.
+    ``requests``: a list that gets each request the server answers, as (method, path)."""
     import boto3
     from moto.server import ThreadedMotoServer
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+    server_log = logging.getLogger("werkzeug")
+    handler = _RequestLog(requests) if requests is not None else None
+    server_log.setLevel(logging.INFO if handler else logging.ERROR)  # a line per request
+    if handler:
+        server_log.addHandler(handler)
+        server_log.propagate = False
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -88,6 +110,10 @@ def moto_s3(spark, bucket: str) -> Iterator[object]:
         yield client
     finally:
         server.stop()
+        if handler:
+            server_log.removeHandler(handler)
+            server_log.propagate = True
+            server_log.setLevel(logging.ERROR)
 
 
 def list_requests(spark, path: str) -> int:
