@@ -124,6 +124,9 @@ def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListe
     if layout.buckets != settings.stream.state_buckets:  # fixed per checkpoint (marketsignals.stream.checkpoint)
         settings = settings.with_overrides([f"stream.state_buckets={layout.buckets}"])
     s = settings.stream
+    if checkpoint.writes_in_place(spark, s.checkpoint):
+        print(f"marketsignals stream: the checkpoint is on S3A: Spark writes its files in place, not through a "
+              f"copy and a delete each ({checkpoint.ABORTABLE_MANAGER.rsplit('.', 1)[1]})", flush=True)
     if fast_log_listing(spark, s.audit_table):
         print(f"marketsignals stream: the audit table is on S3A: Delta lists its log from the version it needs "
               f"({FAST_LOG_LISTING})", flush=True)
