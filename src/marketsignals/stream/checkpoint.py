@@ -129,8 +129,8 @@ def writes_in_place(spark: SparkSession, checkpoint: str) -> bool:
 
     Spark writes each checkpoint file (the offset and commit logs' entry, every state partition's
     changelog, each batch) atomically: by default to a temporary name, then renamed. On S3 a rename
-    is a copy and a delete, with existence probes around them, in the batch's path: ~92 requests a
-    batch here against a moto S3, 33 with Spark's ``AbortableStreamBasedCheckpointFileManager``
+    is a copy and a delete, with existence probes around them, in the batch's path: 81-92 requests a
+    batch here against a moto S3, ~33 with Spark's ``AbortableStreamBasedCheckpointFileManager``
     (its hadoop-cloud module, shipped with the job), which writes the file where it belongs and aborts
     the upload if the write fails, so a reader never sees part of one (bench/ROUNDS.md, thirty-seventh
     round). That manager refuses a file system without Hadoop's abortable-stream capability, so it is
