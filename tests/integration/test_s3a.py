@@ -17,7 +17,7 @@ from support import progress_lines, run_available_now
 
 @pytest.fixture
 def s3(spark, monkeypatch):
-    """A fresh bucket in a moto server, the session's S3A pointed at it; the setting undone afterwards."""
+    """A fresh bucket in a moto server, the session's S3A pointed at it; the S3A settings undone afterwards."""
     monkeypatch.syspath_prepend(str(ROOT))
     from bench.delta_log import moto_s3
 
