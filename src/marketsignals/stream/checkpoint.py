@@ -25,6 +25,8 @@ from typing import NamedTuple
 
 from pyspark.sql import SparkSession
 
+from marketsignals.stream import error_line
+
 _log = logging.getLogger(__name__)
 
 RECORD = "marketsignals.json"
@@ -148,9 +150,7 @@ def writes_in_place(spark: SparkSession, checkpoint: str) -> bool:
         manager = jvm.org.apache.spark.internal.io.cloud.AbortableStreamBasedCheckpointFileManager
         manager(path, hadoop_conf)  # the class there (hadoop-cloud, `make jars`), and it takes the path
     except Exception as exc:
-        text = str(exc).strip().splitlines()
-        _log.warning("Spark's checkpoint files go through a rename on %s (%s)", checkpoint,
-                     text[0][:300] if text else type(exc).__name__)
+        _log.warning("Spark's checkpoint files go through a rename on %s (%s)", checkpoint, error_line(exc, 300))
         return False
     spark.conf.set(MANAGER_CLASS, ABORTABLE_MANAGER)
     return True

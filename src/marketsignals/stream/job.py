@@ -41,7 +41,7 @@ from marketsignals.schema import (
 )
 from marketsignals.secrets import resolve_secrets
 from marketsignals.settings import Settings, load_settings
-from marketsignals.stream import checkpoint, state
+from marketsignals.stream import checkpoint, error_text, state
 from marketsignals.stream.metrics import MetricsListener
 from marketsignals.stream.sinks import FAST_LOG_LISTING, SignalSink, fast_log_listing
 from marketsignals.stream.source import read_ticks
@@ -206,17 +206,6 @@ def run(spark: SparkSession, settings: Settings) -> int:
         raise StreamFailed(f"the streaming query failed: {text.splitlines()[0][:500]} (full trace in the driver "
                            f"log; the job restarts from {settings.stream.checkpoint})")
     return 0
-
-
-def error_text(exc: BaseException) -> str:
-    """A failed query's error as text: PySpark's ``desc`` (the JVM's message and trace), else ``str``."""
-    return (getattr(exc, "desc", None) or str(exc)).strip()
-
-
-def error_line(exc: BaseException, limit: int = 500) -> str:
-    """The first line of :func:`error_text`, at most ``limit`` characters (the exception's type if none)."""
-    text = error_text(exc)
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
 
 
 def _incompatible_state(text: str) -> str | None:

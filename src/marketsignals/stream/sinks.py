@@ -43,6 +43,7 @@ from marketsignals.schema import (
     Reason,
 )
 from marketsignals.settings import Settings
+from marketsignals.stream import error_line
 from marketsignals.stream.checkpoint import read_text
 from marketsignals.stream.source import sink_options
 
@@ -398,8 +399,7 @@ class AuditMaintenance:
         try:
             work(outcome)
         except Exception as exc:  # py4j or the JVM going away: report it, never fail the stream
-            text = str(exc).strip()
-            outcome["error"] = text.splitlines()[0][:300] if text else type(exc).__name__
+            outcome["error"] = error_line(exc, 300)
         if "error" in outcome:
             _log.warning("the audit table's %s after version %d failed: %s", key.removeprefix("audit_"), version,
                          outcome["error"])
@@ -506,8 +506,7 @@ def list_from_a_version_fails(spark: SparkSession, fs, table: str) -> str | None
         log = fs.makeQualified(jpath(f"{table.rstrip('/')}/_delta_log"))
         spark._jvm.io.delta.storage.internal.S3LogStoreUtil.s3ListFromArray(fs, jpath(log, "0" * 20), log)
     except Exception as exc:
-        text = str(exc).strip()
-        return text.splitlines()[0][:300] if text else type(exc).__name__
+        return error_line(exc, 300)
     return None
 
 

@@ -31,6 +31,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from marketsignals.feed import BAD_KINDS, FeedOptions, generate, symbol_names
 from marketsignals.settings import KafkaSettings, Settings
+from marketsignals.stream import error_line
 from marketsignals.stream.checkpoint import file_system
 from marketsignals.stream.source import read_ticks, source_options
 
@@ -77,7 +78,7 @@ def warm_up(spark: SparkSession, settings: Settings, ticks: int, stop: threading
     synthetic ticks in :data:`BATCHES` batches (and the batch Spark adds when the watermark moves);
     returns what it did (ticks, batches, signals, rejected, audit writes, seconds) for the job's log.
     ``stop`` set meanwhile ends it early with :class:`WarmUpStopped`."""
-    from marketsignals.stream.job import error_line, signal_stream
+    from marketsignals.stream.job import signal_stream
     from marketsignals.stream.sinks import SignalSink
 
     started = time.monotonic()
@@ -126,7 +127,6 @@ def warm_kafka(spark: SparkSession, settings: Settings, checkpoint: str, most: i
     topics not there yet, none of their records that new) it ends after :data:`KAFKA_WAIT_S` seconds
     or at its first empty batch, and the stream meets the broker as it would have. Returns kafka_ticks
     and kafka_note (why it read none, if it did not)."""
-    from marketsignals.stream.job import error_line
 
     kafka = settings.with_overrides([f"kafka.max_offsets_per_trigger={max(1, most)}"]).kafka
     options = kafka_options(kafka, int(time.time() * 1000))
