@@ -30,7 +30,6 @@ import contextlib
 import logging
 import re
 import shutil
-import socket
 import statistics
 import time
 import uuid
@@ -90,9 +89,9 @@ def moto_s3(spark, bucket: str, requests: list[tuple[str, str]] | None = None) -
     if handler:
         server_log.addHandler(handler)
         server_log.propagate = False
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from bench.env import free_port
+
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

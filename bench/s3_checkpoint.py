@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from bench import run as bench_run
 from bench.delta_log import S3A_JARS, s3a_jars
+from bench.env import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RENAME_MANAGER = "org.apache.spark.sql.execution.streaming.FileContextBasedCheckpointFileManager"
@@ -59,14 +59,8 @@ def requests_a_batch(log_lines: list[str], bucket: str) -> tuple[int, dict[str, 
     return batches, {kind: round(n / batches, 1) for kind, n in sorted(counts.items())}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def one_run(mode: str, args, work: Path) -> dict:
-    port, bucket = _free_port(), f"bench-ckpt-{uuid.uuid4().hex[:8]}"
+    port, bucket = free_port(), f"bench-ckpt-{uuid.uuid4().hex[:8]}"
     log = work / f"moto-{mode}-{bucket}.log"
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=log.open("w"))

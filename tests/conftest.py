@@ -38,7 +38,7 @@ def base_settings() -> Settings:
 def spark(base_settings):
     from marketsignals.session import build_session
 
-    # Hadoop's S3A too (`make jars`: .jars/s3a), for the audit table on s3a:// against moto (test_audit_s3a.py)
+    # Hadoop's S3A too (`make jars`: .jars/s3a), for the checkpoint and audit table on s3a:// against moto (test_s3a.py)
     s3a = sorted(str(p) for p in (ROOT / ".jars" / "s3a").glob("*.jar"))
     assert s3a, f"no S3A jars in {ROOT / '.jars' / 's3a'}: run `make jars`"
     session = build_session(base_settings.spark, extra_conf={"spark.jars": ",".join(s3a)})
