@@ -158,8 +158,12 @@ class StrategySettings(_Section):
     position_floor: float = 0.1
 
 
-# Stats (data skipping) on the audit table's first two columns, signal_id and symbol (event_date is
-# its partition), and Delta's own checkpoint (written by the commit that reaches the interval, in the
+# Stats (data skipping) on event_time and symbol only (event_date is its partition; Delta's default is
+# the first 32 columns). A batch's file holds about a trigger's span of event time, so a query for a
+# time range reads the files of that range only; min/max of signal_id (a hash) or of the symbols of a
+# batch (all of them) span nearly every value and skip nothing. Symbol's stats are for a user's OPTIMIZE
+# ZORDER BY (symbol), which Delta refuses on a column without them (bench/ROUNDS.md, thirty-eighth
+# round). And Delta's own checkpoint (written by the commit that reaches the interval, in the
 # batch's path) only once in a million commits: the sink writes one every
 # stream.audit_checkpoint_interval commits on a thread of its own (stream/sinks.py, AuditMaintenance).
 # The log's files kept for an hour, not Delta's 30 days: every commit lists them all, and a 1 s trigger
@@ -169,7 +173,8 @@ class StrategySettings(_Section):
 # each of the sink's checkpoints writes them all, and its compaction every 1,000 commits replaces ~1,000
 # files, ~86,000 a day on a 1 s trigger (a checkpoint with 600,000 took 9.6 s, with 60,000 2.6 s;
 # bench/ROUNDS.md, thirty-sixth round). It is also how long those files stay safe from a VACUUM.
-AUDIT_TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "2", "delta.checkpointInterval": "1000000",
+AUDIT_TABLE_PROPERTIES = {"delta.dataSkippingStatsColumns": "event_time,symbol",
+                          "delta.checkpointInterval": "1000000",
                           "delta.logRetentionDuration": "interval 1 hour",
                           "delta.deletedFileRetentionDuration": "interval 1 day"}
 

@@ -172,7 +172,7 @@ def test_audit_table_is_exactly_once_after_a_forced_replay(spark, kafka_broker):
     # the table the sink's first write created carries the configured Delta properties
     created = spark.sql(f"DESCRIBE DETAIL delta.`{settings.stream.audit_table}`").first()["properties"]
     assert settings.stream.audit_table_properties.items() <= created.items(), created
-    assert created["delta.dataSkippingNumIndexedCols"] == "2"
+    assert created["delta.dataSkippingStatsColumns"] == "event_time,symbol"
     assert created["delta.logRetentionDuration"] == "interval 1 hour"
     assert created["delta.deletedFileRetentionDuration"] == "interval 1 day"
     commits = Path(settings.stream.checkpoint) / "commits"

@@ -89,7 +89,7 @@ def test_source_consumer_options_reach_the_source_only():
 
 def test_audit_table_properties_default_to_the_profile_and_take_dotted_keys(tmp_path):
     s = load_settings("local", ["stream.audit_table_properties.delta.checkpointInterval=10"], env={})
-    assert s.stream.audit_table_properties == {"delta.dataSkippingNumIndexedCols": "2",
+    assert s.stream.audit_table_properties == {"delta.dataSkippingStatsColumns": "event_time,symbol",
                                                "delta.checkpointInterval": "10",
                                                "delta.logRetentionDuration": "interval 1 hour",
                                                "delta.deletedFileRetentionDuration": "interval 1 day"}

@@ -71,6 +71,30 @@ def test_the_audit_tables_continuous_columns_are_written_plain(spark, tmp_path):
         assert chunk.dictionary_page_offset is None and not any("DICTIONARY" in e for e in chunk.encodings), column
 
 
+def test_the_audit_tables_stats_let_a_time_range_skip_the_other_batches_files(spark, tmp_path):
+    """With the profile's audit properties a batch's file carries min/max of event_time and symbol only,
+    and a query for one batch's seconds reads that batch's file, not the others' (signal_id, a hash, and
+    the symbols, all in every batch, would skip nothing)."""
+    from marketsignals.settings import load_settings
+    from marketsignals.stream.sinks import EVENT_DATE
+
+    table = str(tmp_path / "audit")
+    properties = load_settings("local", [], env={}).stream.audit_table_properties
+    for second in (0, 10, 20):  # three batches, ten seconds of event time apart, the same 5 symbols each
+        rows = spark.range(50).selectExpr("sha2(CAST(id AS string), 256) AS signal_id",
+                                          "concat('S', CAST(id % 5 AS string)) AS symbol",
+                                          f"timestamp_seconds(1764979200 + {second} + id / 50) AS event_time")
+        (rows.withColumn(EVENT_DATE, rows.event_time.cast("date")).coalesce(1).write.format("delta")
+         .mode("append").partitionBy(EVENT_DATE).options(**properties).save(table))
+    log = spark.read.json(f"{table}/_delta_log/*.json").where("add IS NOT NULL")
+    stats = [json.loads(r.stats) for r in log.select("add.stats").collect()]
+    assert len(stats) == 3 and all(set(s["minValues"]) == {"event_time", "symbol"} for s in stats), stats
+    audit = spark.read.format("delta").load(table)
+    one_batch = audit.where("event_time BETWEEN timestamp_seconds(1764979210) AND timestamp_seconds(1764979211)")
+    assert len(one_batch.inputFiles()) == 1 and one_batch.count() == 50
+    assert len(audit.where("symbol = 'S1'").inputFiles()) == 3
+
+
 def test_the_session_sets_spark_properties_only():
     # spark-submit, which starts a local session's JVM, warns "Ignoring non-Spark config property" for any
     # other key (the Parquet settings above did, as parquet.enable.dictionary#...): spark.hadoop.* instead
