@@ -12,11 +12,8 @@ of them bad, written as Kafka records to a folder beside the checkpoint (``<chec
 the checkpoint's file system, which every executor reaches). Spark generates the same Java for it as
 for the Kafka stream (:func:`rows_from_parquet`). It writes nothing to Kafka (its Kafka write goes to
 Spark's ``noop`` sink) and nothing to the real checkpoint or audit table, and it removes its folder
-when it ends. Its sink also checkpoints its own audit table once, on the sink's upkeep thread while
-the rest runs, unless the stream's sink writes no checkpoints (``stream.audit_checkpoint_interval``
-0): the stream's first one, ~100 commits in, then runs on warm code (bench/ROUNDS.md, thirty-eighth
-round). Then :func:`warm_kafka` reads the tick topics' newest records with the stream's own Kafka
-source, and drops them: of the Kafka clients, only the sink's producer stays cold."""
+when it ends. Then :func:`warm_kafka` reads the tick topics' newest records with the stream's own
+Kafka source, and drops them: of the Kafka clients, only the sink's producer stays cold."""
 
 from __future__ import annotations
 
@@ -50,7 +47,6 @@ SYMBOLS = 100
 BAD = dict.fromkeys(BAD_KINDS, 0.002)  # every bad kind, so each of validation's reject paths runs
 KAFKA_LOOKBACK_S = 10  # warm_kafka reads the tick topics' records of the last this many seconds
 KAFKA_WAIT_S = 30.0  # ... and gives up after this long without a batch (no Kafka reachable)
-UPKEEP_WAIT_S = 60.0  # how long the warm-up's end waits for its audit table's checkpoint (2-3 s cold, here)
 
 
 def folder(settings: Settings) -> str:
@@ -87,16 +83,12 @@ def warm_up(spark: SparkSession, settings: Settings, ticks: int, stop: threading
 
     started = time.monotonic()
     root = folder(settings)
-    sink = None
     fs, path = file_system(spark, root)
     fs.delete(path, True)  # a folder left by a run that died during its warm-up
     try:
         ticks, files = write_ticks(spark, settings, ticks, f"{root}/input")
-        # a checkpoint at its second commit, as the stream's sink writes them, unless the stream writes none
-        checkpoint_every = min(1, settings.stream.audit_checkpoint_interval)
         warm = settings.with_overrides([f"stream.checkpoint={root}/checkpoint", f"stream.audit_table={root}/audit",
-                                        f"stream.audit_checkpoint_interval={checkpoint_every}",
-                                        "stream.audit_compact_interval=0"])
+                                        "stream.audit_checkpoint_interval=0", "stream.audit_compact_interval=0"])
         done = {"ticks": ticks, "batches": 0, "signals": 0, "rejected": 0, "audit_writes": 0}
 
         def counted(batch_id: int, counts: dict) -> None:
@@ -104,8 +96,6 @@ def warm_up(spark: SparkSession, settings: Settings, ticks: int, stop: threading
             done["signals"] += counts["signals"]
             done["rejected"] += counts["rejected"]
             done["audit_writes"] += "audit" in counts["sink_ms"]
-            if "audit_checkpoint" in counts:  # finished before this batch's end
-                done["audit_checkpoint"] = counts["audit_checkpoint"]
 
         sink = SignalSink(warm, on_counts=counted, to_kafka=False)
         writer = (signal_stream(tick_source(spark, f"{root}/input", files), warm, key_partitions).writeStream
@@ -117,16 +107,12 @@ def warm_up(spark: SparkSession, settings: Settings, ticks: int, stop: threading
             except StreamingQueryException as exc:
                 raise WarmUpFailed(f"the warm-up before the stream failed (stream.warm_up_ticks=0 skips it): "
                                    f"{error_line(exc)}") from exc
-        if not (stop is not None and stop.is_set()):  # the audit table's checkpoint, if any, runs meanwhile
+        if not (stop is not None and stop.is_set()):
             done.update(warm_kafka(spark, settings, f"{root}/kafka-checkpoint", ticks, stop))
         if stop is not None and stop.is_set():
             raise WarmUpStopped("stopped during the warm-up, before the stream read anything")
-        sink.close(UPKEEP_WAIT_S)
-        done["audit_checkpoint"] = sink.maintenance.finished().get("audit_checkpoint", done.get("audit_checkpoint"))
         return {**done, "s": round(time.monotonic() - started, 1)}
     finally:
-        if sink is not None:
-            sink.close(UPKEEP_WAIT_S)  # before its table goes
         fs.delete(path, True)
 
 
