@@ -37,10 +37,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from marketsignals.stream.sinks import FAST_LOG_LISTING
+
 ROOT = Path(__file__).resolve().parents[1]
 WARM_UP_APPENDS = 2
 S3A_JARS = ROOT / ".jars" / "s3a"
-FAST_LISTING = "delta.enableFastS3AListFrom"
 LIST_COUNTERS = ("object_list_request", "object_continue_list_request")  # S3A's IOStatistics
 
 
@@ -50,6 +51,13 @@ def pad(log: Path, start: int, stop: int) -> None:
     for i in range(start, stop):
         name = f"00000000000000000000.bench-{i // 2:09d}"
         (log / (name if i % 2 == 0 else f".{name}.crc")).touch()
+
+
+def s3a_bucket_options(endpoint: str) -> dict[str, str]:
+    """S3A's per-bucket options (``fs.s3a.bucket.<bucket>.<key>``) for a moto server at ``endpoint``."""
+    return {"endpoint": endpoint, "endpoint.region": "us-east-1", "path.style.access": "true",
+            "connection.ssl.enabled": "false", "access.key": "bench", "secret.key": "bench",
+            "aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"}
 
 
 def s3a_jars() -> str:
@@ -100,11 +108,8 @@ def moto_s3(spark, bucket: str, requests: list[tuple[str, str]] | None = None) -
                               aws_access_key_id="bench", aws_secret_access_key="bench")
         client.create_bucket(Bucket=bucket)
         conf = spark.sparkContext._jsc.hadoopConfiguration()
-        for key, value in {"endpoint": endpoint, "endpoint.region": "us-east-1", "path.style.access": "true",
-                           "connection.ssl.enabled": "false", "access.key": "bench", "secret.key": "bench",
-                           "aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
-                           "paging.maximum": "1000",  # S3 returns at most 1,000 keys a request, moto all asked
-                           }.items():
+        # S3 returns at most 1,000 keys a request, moto all that are asked for
+        for key, value in {**s3a_bucket_options(endpoint), "paging.maximum": "1000"}.items():
             conf.set(f"fs.s3a.bucket.{bucket}.{key}", value)
         yield client
     finally:
@@ -150,7 +155,7 @@ def run_s3(spark, counts: list[int], appends: int, rows_per_append: int) -> int:
             pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="table/_delta_log/")
             entries = sum(page["KeyCount"] for page in pages)
             for fast in ("false", "true"):
-                spark.conf.set(FAST_LISTING, fast)
+                spark.conf.set(FAST_LOG_LISTING, fast)
                 delta_log.clearCache()  # Delta reads the setting when it opens the table
                 took, lists = [], []
                 for _ in range(appends):
@@ -161,7 +166,7 @@ def run_s3(spark, counts: list[int], appends: int, rows_per_append: int) -> int:
                 print(f"{entries:>21,} {fast:>12} "
                       f"{statistics.median(lists[WARM_UP_APPENDS:]):>15,.0f} "
                       f"{statistics.median(took[WARM_UP_APPENDS:]):>9,.0f}", flush=True)
-    spark.conf.unset(FAST_LISTING)
+    spark.conf.unset(FAST_LOG_LISTING)
     delta_log.clearCache()
     return 0
 

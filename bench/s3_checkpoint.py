@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 from bench import run as bench_run
-from bench.delta_log import S3A_JARS, s3a_jars
+from bench.delta_log import S3A_JARS, s3a_bucket_options, s3a_jars
 from bench.env import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +38,7 @@ def s3a_overrides(bucket: str, endpoint: str) -> list[str]:
     """``--set`` values that put the stream's checkpoint in ``bucket`` at ``endpoint`` through S3A."""
     option = f"spark.conf.spark.hadoop.fs.s3a.bucket.{bucket}"
     return [f"stream.checkpoint=s3a://{bucket}/stream", f"spark.conf.spark.jars={s3a_jars()}",
-            f"{option}.endpoint={endpoint}", f"{option}.endpoint.region=us-east-1",
-            f"{option}.path.style.access=true", f"{option}.connection.ssl.enabled=false",
-            f"{option}.access.key=bench", f"{option}.secret.key=bench",
-            f"{option}.aws.credentials.provider=org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"]
+            *(f"{option}.{key}={value}" for key, value in s3a_bucket_options(endpoint).items())]
 
 
 def requests_a_batch(log_lines: list[str], bucket: str) -> tuple[int, dict[str, float]]:

@@ -44,4 +44,4 @@ def test_the_delta_log_bench_counts_an_s3a_tables_list_requests_with_and_without
     lists = {(row[0], row[1]): int(row[2]) for row in rows}
     padded = rows[2][0]
     assert lists[padded, "false"] - lists[padded, "true"] >= 1  # a second page of the whole log
-    assert spark.conf.get(delta_log.FAST_LISTING, None) is None  # the bench leaves the session as it was
+    assert spark.conf.get(delta_log.FAST_LOG_LISTING, None) is None  # the bench leaves the session as it was

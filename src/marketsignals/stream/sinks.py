@@ -463,9 +463,10 @@ S3A_FILE_SYSTEM = "org.apache.hadoop.fs.s3a.S3AFileSystem"
 def fast_log_listing(spark: SparkSession, table: str) -> bool:
     """Let Delta list the audit table's log from the version it needs, when the table is on S3A.
 
-    Delta lists a table's ``_delta_log`` at the start of every commit (:meth:`AuditMaintenance._clean_log`),
-    and on S3 a listing is one LIST request per 1,000 keys: an hour's log on a 1 s trigger holds ~7,200
-    (each commit and its checksum file), eight requests in a row in every batch's audit write. delta-storage
+    Delta lists a table's ``_delta_log`` at the start of every commit (to find its newest version; the log
+    is kept to an hour: :meth:`AuditMaintenance._clean_log`), and on S3 a listing is one LIST request per
+    1,000 keys: an hour's log on a 1 s trigger holds ~7,200 (each commit and its checksum file), eight
+    requests in a row in every batch's audit write. delta-storage
     can ask S3 to start the listing at the version it needs (``delta.enableFastS3AListFrom``), one request
     for the few keys after the table's newest checkpoint. It does so only through Hadoop's S3A file system,
     which is what ``s3://`` is on EMR from release 7.10 (emr-spark-8.0.0 among them); through another one,
