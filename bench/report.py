@@ -68,7 +68,9 @@ def table(results: dict) -> str:
                          + (f"  ({_fmt(half.get('p50_ms'))} / {_fmt(half.get('p99_ms'))})"
                             if (half := v.get("second_half")) else ""))
         best = max((v["rate"] for _, v in lat if v.get("sustained")), default=None)
-        lines.append(f"highest sustained rate tried: {_fmt(best)} ticks/s")
+        triggers = sorted({v["trigger"] for _, v in lat if v.get("trigger")})
+        lines.append(f"highest sustained rate tried: {_fmt(best)} ticks/s"
+                     + (f" (trigger {', '.join(triggers)})" if triggers else ""))
     soak = runs.get("soak")
     if soak and "rss_series" in soak:
         lines.append("")

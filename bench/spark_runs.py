@@ -159,7 +159,8 @@ def latency(settings: Settings, work: Path, rate: float, seconds: float, records
     sustained = bool(consumed >= fed["sent"] * 0.99 and drained_s < min(catch_up_s, 10.0)
                      and (not half or half[-1] <= max(half[0] * 1.5, rate * 3)))
     return {
-        "rate": rate, "seconds": seconds, "feeder": fed, "consumed": consumed, "drain_s": round(drained_s, 1),
+        "rate": rate, "seconds": seconds, "trigger": settings.stream.trigger, "feeder": fed, "consumed": consumed,
+        "drain_s": round(drained_s, 1),
         "sustained": sustained, "max_lag_ticks": max(lags, default=0.0),
         "batch_ms_median": median([m["batch_duration_ms"] for m in busy]) if busy else None,
         "batch_ms_max": max((m["batch_duration_ms"] for m in busy), default=None),

@@ -59,7 +59,8 @@ def test_latency_percentiles_also_over_the_feeds_second_half(monkeypatch):
 
 
 def test_the_latency_table_shows_the_second_half(report):
-    run = {"rate": 20_000, "feeder": {"rate": 19_990}, "p50_ms": 2081.0, "p95_ms": 7371.0, "p99_ms": 9296.2,
+    run = {"rate": 20_000, "trigger": "processingTime=500 milliseconds", "feeder": {"rate": 19_990},
+           "p50_ms": 2081.0, "p95_ms": 7371.0, "p99_ms": 9296.2,
            "batch_ms_median": 1400, "max_lag_ticks": 0.0, "sustained": True,
            "second_half": {"signals": 10, "p50_ms": 1500.0, "p95_ms": 2000.0, "p99_ms": 2600.0}}
     old = {**run, "rate": 5_000, "sustained": False}
@@ -71,6 +72,8 @@ def test_the_latency_table_shows_the_second_half(report):
     assert line.split()[-4:] == ["yes", "(1,500", "/", "2,600)"]
     [line] = [row for row in lines if row.strip().startswith("5,000")]
     assert line.split()[-1] == "no"
+    # the trigger the runs had (results written before it was recorded have none)
+    assert "highest sustained rate tried: 20,000 ticks/s (trigger processingTime=500 milliseconds)" in lines
 
 
 NMT_TEXT = """12345:
