@@ -29,6 +29,10 @@ BASE_CONF: dict[str, str] = {
     # table every stream.audit_compact_interval commits, and a compacted file of 64 MB or more is left
     # as it is, not rewritten with every compaction until it reaches 1 GB (stream/sinks.py, AuditMaintenance).
     "spark.databricks.delta.optimize.minFileSize": str(64 * 1024 * 1024),
+    # ... and one output file (bin, of up to 1 GB: one task) at a time, not Delta's 15 in parallel: at 20,000
+    # ticks/s a compaction had two bins, whose tasks held both cores and stalled a batch for ~20 s. One at a
+    # time, it holds one core and the stream keeps the rest (bench/ROUNDS.md, fortieth round).
+    "spark.databricks.delta.optimize.maxThreads": "1",
     # Parquet writes these columns plain, without first building a dictionary it would drop (schema.py):
     # spark.hadoop.* reaches Delta's and Spark's Parquet writers through their Hadoop conf. (Without the
     # prefix the settings reached them too, as session options, but spark-submit, which starts a local

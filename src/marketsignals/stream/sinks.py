@@ -315,9 +315,12 @@ class AuditMaintenance:
     round). Every ``stream.audit_compact_interval`` commits this runs Delta's OPTIMIZE (bin-packing) on
     the table. Files of at least ``spark.databricks.delta.optimize.minFileSize`` (64 MB in this job's
     session, 1 GB by Delta's default) are left as they are, so a compacted file is rewritten only until
-    it is that large. OPTIMIZE changes no data (its files are ``dataChange=false``) and, under Delta's
-    snapshot isolation for it, never conflicts with the sink's blind appends. The files it replaces stay
-    on storage until a ``VACUUM``, whose retention is the table owner's choice. 0 turns this off.
+    it is that large. It writes one output file at a time (``spark.databricks.delta.optimize.maxThreads``
+    1 in this job's session), a task each: Delta's default of up to 15 at once held both cores here for
+    ~20 s while a batch waited (bench/ROUNDS.md, fortieth round). OPTIMIZE changes no data (its files
+    are ``dataChange=false``) and, under Delta's snapshot isolation for it, never conflicts with the
+    sink's blind appends. The files it replaces stay on storage until a ``VACUUM``, whose retention is
+    the table owner's choice. 0 turns this off.
 
     Neither is part of the guarantees: one that fails (Delta logs why) or is cut by the job's end
     leaves the table as readable as before, and the next one comes ``every`` commits later. When both
