@@ -215,10 +215,12 @@ def latency_run(broker: BenchBroker, base: str, rate: float, seconds: float, arg
                             settings.kafka.tick_topics, work / f"{prefix}.bin")
     overrides = [*topic_overrides(prefix, args.partitions), "kafka.starting_offsets=latest",
                  "stream.emission=every", *extra]
+    # its bound: the run, the job's start and drain, and the read of every signal (emission=every: ~0.4 a tick)
+    # through kafka-python, a second per 5,000 ticks fed (a 20-minute soak at 20,000 ticks/s outran a fixed 900 s)
     result = spark_run("latency", {"bootstrap": broker.bootstrap, "work": str(work / prefix), "overrides": overrides,
                                    "rate": rate, "seconds": seconds, "records": str(records), "catch_up_s": 120,
                                    "feed_before": args.feed_before},
-                       timeout=seconds + 900, interval=interval, nmt_every=nmt_every)
+                       timeout=seconds + 900 + rate * seconds / 5_000, interval=interval, nmt_every=nmt_every)
     records.unlink(missing_ok=True)
     return result
 
