@@ -31,6 +31,7 @@ def test_bench_harness_writes_its_json_table_and_chart(kafka_broker, tmp_path, c
         assert "error" not in runs[name], runs[name]["error"]
         assert runs[name]["ticks"] > 0
     assert runs["e_scale"]["state_symbols"] == 200 and "200 symbols in" in printed  # read back from the checkpoint
+    assert runs["d_latency_300"]["signals"] > 0 and "p99_ms" in runs["d_latency_300"]  # read back from Kafka
     start, end = runs["d_latency_300"]["feed_window_s"]  # the soak's memory slope is taken inside it
     assert 0 < start < end
     # RocksDB's own count at each batch's end, on the same clock: the feed starts once the first batch is done
