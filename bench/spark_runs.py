@@ -195,11 +195,12 @@ def signal_latencies(settings: Settings, idle_s: float = 30.0) -> dict:
     broker is local): 600,000 signals in 6.1-6.5 s here, against 28.4-29.3 s through kafka-python's
     record-at-a-time iterator, which a 21-minute soak at 20,000 ticks/s outran (bench/ROUNDS.md,
     fortieth round). Gives up after ``idle_s`` without a record."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
+
+    from marketsignals import kafka_client
 
     topic = settings.kafka.signals_topic
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False,
-                             check_crcs=False, max_partition_fetch_bytes=8 * 2**20)
+    consumer = kafka_client.consumer(settings.kafka, check_crcs=False, max_partition_fetch_bytes=8 * 2**20)
     lat, events = [], []
     try:
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]

@@ -125,7 +125,7 @@ def test_the_profiles_leave_the_audit_tables_upkeep_to_the_sink(profile):
     assert s.stream.audit_checkpoint_interval == 100
     assert s.stream.audit_compact_interval == 1000
     assert session_conf(s.spark)["spark.databricks.delta.optimize.minFileSize"] == str(64 * 1024 * 1024)
-    # ... and its output files one at a time: a task (one core) at a time, not one a file in parallel
+    # ... and its output files one at a time (a task, one core, each), not Delta's up to 15 at once
     assert session_conf(s.spark)["spark.databricks.delta.optimize.maxThreads"] == "1"
 
 
