@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from marketsignals.settings import load_settings
     from marketsignals.stream import job
 
-    settings = load_settings("local")
+    settings = load_settings("local", ["stream.trigger=availableNow"])  # a catch-up's stage 0: a task a partition
     if args.jfr:
         settings = jfr.recorded(settings, Path(args.jfr).resolve())
     spark = build_session(settings.spark, bounded=True)  # stage 0 of a catch-up: the bounded runs' JVM

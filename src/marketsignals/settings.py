@@ -200,6 +200,12 @@ class StreamSettings(_Section):
     # ticks. A checkpoint keeps the number it was written with (stream/checkpoint.py: a restart with
     # another setting logs a warning and keeps the checkpoint's).
     state_buckets: int = Field(256, ge=1, le=1_000_000)
+    # A live stream's stage 0 (the Kafka read, parse, validation, the shuffle write) in at most this many
+    # tasks a batch; 0: one a Kafka topic partition, Spark's own. A task costs ~15 ms of CPU whatever it
+    # reads, so small live batches over many partitions pay that many times over; coalescing keeps each
+    # partition's records in offset order and adds no shuffle. Bounded runs (availableNow, once) keep one
+    # a partition: their large batches balance better over more tasks (bench/ROUNDS.md, forty-first round).
+    source_tasks: int = Field(0, ge=0)
     query_name: str = "marketsignals"
     # Delta table properties the audit table gets when the sink's first write creates it (an existing
     # table keeps its own: ALTER TABLE ... SET TBLPROPERTIES changes them). Delta's defaults collect

@@ -134,6 +134,11 @@ def test_the_profiles_warm_a_live_stream_up(profile):
     assert load_settings(profile, [], env={}).stream.warm_up_ticks == 20_000
 
 
+@pytest.mark.parametrize(("profile", "tasks"), [("local", 2), ("emr", 0)])
+def test_the_local_profile_reads_a_live_batch_in_a_task_a_core_and_emr_in_one_a_partition(profile, tasks):
+    assert load_settings(profile, [], env={}).stream.source_tasks == tasks
+
+
 def test_an_audit_table_property_outside_delta_is_refused():
     with pytest.raises(SettingsError, match=r"stream\.audit_table_properties.*delta\.<name>.*'checkpointInterval'"):
         load_settings("local", ["stream.audit_table_properties.checkpointInterval=10"], env={})
@@ -149,6 +154,7 @@ def test_an_audit_table_property_outside_delta_is_refused():
     ("stream.audit_checkpoint_interval=-1", ["stream.audit_checkpoint_interval", "greater than or equal to 0"]),
     ("stream.audit_compact_interval=-5", ["stream.audit_compact_interval", "greater than or equal to 0"]),
     ("stream.warm_up_ticks=-1", ["stream.warm_up_ticks", "greater than or equal to 0"]),
+    ("stream.source_tasks=-2", ["stream.source_tasks", "greater than or equal to 0"]),
     ("stream.warm_up_ticks=5000000", ["stream.warm_up_ticks", "less than or equal to 1000000"]),
     ("strategy.no_such_key=1", ["strategy.no_such_key"]),
 ])

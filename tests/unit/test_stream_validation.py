@@ -5,7 +5,7 @@ import time
 
 from pyspark.sql import functions as F
 
-from marketsignals.stream.job import validated_ticks
+from marketsignals.stream.job import bucketed_ticks, validated_ticks
 
 COLUMNS = "value binary, topic string, partition int, offset long"
 
@@ -39,3 +39,21 @@ def test_the_batch_time_is_not_compiled_into_the_code(spark, base_settings):
     validated_ticks(raw, base_settings).withColumn("now", F.lit(time.time_ns())).write.format("noop").mode(
         "overwrite").save()
     assert compilations.getCount() > before
+
+
+def test_a_live_streams_source_partitions_are_read_in_at_most_source_tasks_tasks(spark, base_settings):
+    """Stage 0 (everything up to the shuffle) runs a task per source partition unless a live stream's
+    stream.source_tasks is lower; the fewer tasks read every row."""
+    now = int(time.time() * 1000)
+    raw = _kafka_rows(spark, [now - 1000 + i for i in range(40)]).repartition(5, "offset")
+
+    def stage0(*overrides: str) -> tuple[int, list[tuple]]:
+        df = bucketed_ticks(raw, base_settings.with_overrides(list(overrides)))
+        return df.rdd.getNumPartitions(), sorted(tuple(r) for r in df.collect())
+
+    assert base_settings.stream.source_tasks == 2 and not base_settings.stream.bounded  # the local profile
+    tasks, rows = stage0()
+    assert tasks == 2 and len(rows) == 40
+    assert stage0("stream.source_tasks=0") == (5, rows)
+    assert stage0("stream.source_tasks=8") == (5, rows)  # never more tasks than partitions
+    assert stage0("stream.trigger=availableNow") == (5, rows)  # a bounded run's large batches: a task a partition

@@ -108,6 +108,8 @@ def bucketed_ticks(raw: DataFrame, settings: Settings, key_partitions: int | Non
     # and a timestamp column's time-zone conversion per group was a quarter of the Python workers'
     # time at 10,000 symbols (py-spy); Spark only needs the marker's metadata.
     delay_ms = settings.stream.watermark_delay_ms
+    if settings.stream.source_tasks and not settings.stream.bounded:  # a live stream's small batches
+        raw = raw.coalesce(settings.stream.source_tasks)
     ticks = validated_ticks(raw, settings).withWatermark(EVENT_TIME, settings.stream.watermark_delay)
     marker = F.lit(None).cast("long").alias(EVENT_TIME, metadata={WATERMARK_DELAY_KEY: delay_ms})
     return ticks.select(state.bucket_of(F.col(SYMBOL), settings.stream.state_buckets, key_partitions), marker,
