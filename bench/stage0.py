@@ -88,10 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     from marketsignals.settings import load_settings
     from marketsignals.stream import job
 
-    settings = load_settings("local", ["stream.trigger=availableNow"])  # a catch-up's stage 0: a task a partition
+    # stage 0 of a catch-up: a bounded run's JVM, and its Kafka read's task a partition (stream.source_tasks)
+    settings = load_settings("local", ["stream.trigger=availableNow"])
     if args.jfr:
         settings = jfr.recorded(settings, Path(args.jfr).resolve())
-    spark = build_session(settings.spark, bounded=True)  # stage 0 of a catch-up: the bounded runs' JVM
+    spark = build_session(settings.spark, bounded=settings.stream.bounded)
     path = Path(args.data) / f"stage0-{args.ticks}-{args.symbols}.parquet"
     if not path.exists():
         write_rows(spark, args.ticks, args.symbols, path)
