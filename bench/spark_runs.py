@@ -60,7 +60,7 @@ def _summary(progress: list[dict], wall_s: float) -> dict:
 def _phases(busy: list[dict]) -> dict[str, float]:
     """Where a batch's time goes: the median milliseconds of each phase over the data batches --
     Spark's own (``durationMs``: queryPlanning, addBatch, walCommit, commitOffsets, ...) and, inside
-    addBatch, the sink's (``sink_ms``: compute, kafka, audit, write)."""
+    addBatch, the sink's (``sink_ms``: compute, plan, kafka, audit, write)."""
     phases: dict[str, list[int]] = {}
     for m in busy:
         for source in (m.get("duration_ms") or {}, m.get("sink_ms") or {}):

@@ -241,6 +241,7 @@ class SignalSink:
                     audit = audit.option("txnAppId", app_id).option("txnVersion", batch_id)
                     self._audit_checked = True
                 writes["audit"] = functools.partial(audit.save, self.settings.stream.audit_table)
+            lap("plan")  # the batch's write DataFrames and writers, built on the driver
             phase_ms.update(run_together(writes))
             lap("write")
             if "audit" in writes:
