@@ -67,11 +67,16 @@ def table(results: dict) -> str:
                          f"{_fmt(v.get('max_lag_ticks')):>10}  {'yes' if v.get('sustained') else 'no':<9}"
                          + (f"  ({_fmt(half.get('p50_ms'))} / {_fmt(half.get('p99_ms'))})"
                             if (half := v.get("second_half")) else ""))
+        for _, v in sorted(lat, key=lambda kv: kv[1].get("rate", 0)):
+            if line := minute_line(v):
+                lines.append(f"{_fmt(v['rate']):>10}: {line}")
         best = max((v["rate"] for _, v in lat if v.get("sustained")), default=None)
         triggers = sorted({v["trigger"] for _, v in lat if v.get("trigger")})
         lines.append(f"highest sustained rate tried: {_fmt(best)} ticks/s"
                      + (f" (trigger {', '.join(triggers)})" if triggers else ""))
     soak = runs.get("soak")
+    if soak and (line := minute_line(soak)):
+        lines += ["", f"the soak at {_fmt(soak.get('rate'))} ticks/s: {line}"]
     if soak and "rss_series" in soak:
         lines.append("")
         lines.append("memory over the soak: " + ", ".join(f"{k} {v:+.1f} MB/min" for k, v in rss_slopes(soak).items()))
@@ -86,6 +91,14 @@ def table(results: dict) -> str:
                  f"{load.get('load_avg_end', [0])[0]:.1f} on {load['cpus']} CPUs: wall rates drop under contention, "
                  f"ticks per CPU second less so)")
     return "\n".join(lines)
+
+
+def minute_line(run: dict) -> str | None:
+    """A latency run's p99 minute by minute of its feed (``by_minute``), for runs of two minutes or more."""
+    minutes = run.get("by_minute") or []
+    if len(minutes) < 2:
+        return None
+    return "p99 ms by minute of the feed " + ", ".join(_fmt(m.get("p99_ms")) for m in minutes)
 
 
 def _second_half(run: dict, series: list) -> list:

@@ -221,9 +221,10 @@ def signal_latencies(settings: Settings, idle_s: float = 30.0) -> dict:
 
 
 def latency_summary(latency_ms: list[float], event_ms: list[float]) -> dict:
-    """Percentiles of the signals' latencies, over all of them and over those of the ticks fed in the
-    second half of the feed (by event time): by then the job has warmed up and worked off any start-up
-    backlog, so the second half is what a steady stream at this rate sees."""
+    """Percentiles of the signals' latencies, over all of them, over those of the ticks fed in the
+    second half of the feed (by event time: by then the job has warmed up and worked off any start-up
+    backlog, so the second half is what a steady stream at this rate sees), and minute by minute of the
+    feed (``by_minute``: what a run's whole and half hide, such as a stall every few minutes)."""
     import numpy as np
 
     if not latency_ms:
@@ -234,8 +235,11 @@ def latency_summary(latency_ms: list[float], event_ms: list[float]) -> dict:
     def percentiles(values) -> dict:
         return {f"p{q}_ms": round(float(np.percentile(values, q)), 1) for q in (50, 95, 99)}
 
+    minute = ((events - events.min()) // 60_000).astype(int)
+    by_minute = [{"minute": int(m), "signals": int((minute == m).sum()), **percentiles(arr[minute == m])}
+                 for m in np.unique(minute)]
     return {"signals": len(arr), **percentiles(arr), "max_ms": round(float(arr.max()), 1),
-            "second_half": {"signals": len(late_half), **percentiles(late_half)}}
+            "second_half": {"signals": len(late_half), **percentiles(late_half)}, "by_minute": by_minute}
 
 
 def main(argv: list[str]) -> int:

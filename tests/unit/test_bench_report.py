@@ -55,6 +55,9 @@ def test_latency_percentiles_also_over_the_feeds_second_half(monkeypatch):
     summary = latency_summary(latency, events)
     assert summary["signals"] == 1000 and summary["p99_ms"] == 5_000.0 and summary["p50_ms"] == 800.0
     assert summary["second_half"] == {"signals": 500, "p50_ms": 800.0, "p95_ms": 800.0, "p99_ms": 800.0}
+    # minute by minute of the feed: the backlog is the first minute's
+    assert [(m["minute"], m["signals"], m["p99_ms"]) for m in summary["by_minute"]] == [(0, 600, 5_000.0),
+                                                                                         (1, 400, 800.0)]
     assert latency_summary([], []) == {"signals": 0}
 
 
@@ -74,6 +77,22 @@ def test_the_latency_table_shows_the_second_half(report):
     assert line.split()[-1] == "no"
     # the trigger the runs had (results written before it was recorded have none)
     assert "highest sustained rate tried: 20,000 ticks/s (trigger processingTime=500 milliseconds)" in lines
+    assert not [row for row in lines if "by minute" in row]  # neither run has minutes (older results)
+
+
+def test_the_latency_table_shows_p99_by_minute_for_longer_runs(report):
+    minutes = [{"minute": 0, "signals": 9, "p50_ms": 1500.0, "p95_ms": 5000.0, "p99_ms": 6435.0},
+               {"minute": 1, "signals": 9, "p50_ms": 1200.0, "p95_ms": 1700.0, "p99_ms": 1796.4}]
+    long_run = {"rate": 20_000, "feeder": {"rate": 19_990}, "p99_ms": 6435.0, "sustained": True,
+                "by_minute": minutes}
+    short_run = {**long_run, "rate": 5_000, "by_minute": minutes[:1]}
+    soak = {"rate": 2_000, "by_minute": minutes}
+    results = {"host": {"load_avg_start": [0.1], "load_avg_end": [0.2], "cpus": 2},
+               "runs": {"d_latency_20000": long_run, "d_latency_5000": short_run, "soak": soak}}
+    lines = report.table(results).splitlines()
+    assert "    20,000: p99 ms by minute of the feed 6,435, 1,796" in lines
+    assert not [row for row in lines if row.strip().startswith("5,000:")]  # one minute: nothing to split
+    assert "the soak at 2,000 ticks/s: p99 ms by minute of the feed 6,435, 1,796" in lines
 
 
 NMT_TEXT = """12345:
