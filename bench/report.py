@@ -53,11 +53,11 @@ def table(results: dict) -> str:
     lines.append("ratios on the steady rates (after the first batch)")
     lines.append(f"b/a = {_fmt(r['b_over_a'], '.2f')} (target >= 0.8)   b/c = {_fmt(r['b_over_c'], '.2f')} "
                  f"(target >= 2)   scale/b = {_fmt(r['e_over_b'], '.2f')} (target >= 0.8)")
-    lat = [(k, v) for k, v in runs.items() if k.startswith("d_latency_")]
+    lat = sorted((v for k, v in runs.items() if k.startswith("d_latency_")), key=lambda v: v.get("rate", 0))
     if lat:
         lines += ["", f"{'feed rate':>10}{'achieved':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'batch ms':>10}"
                       f"{'max lag':>10}  sustained  (p50 / p99 ms over the feed's second half)"]
-        for _, v in sorted(lat, key=lambda kv: kv[1].get("rate", 0)):
+        for v in lat:
             if "error" in v:
                 lines.append(f"{'?':>10} failed: {v['error'].splitlines()[0][:80]}")
                 continue
@@ -67,11 +67,11 @@ def table(results: dict) -> str:
                          f"{_fmt(v.get('max_lag_ticks')):>10}  {'yes' if v.get('sustained') else 'no':<9}"
                          + (f"  ({_fmt(half.get('p50_ms'))} / {_fmt(half.get('p99_ms'))})"
                             if (half := v.get("second_half")) else ""))
-        for _, v in sorted(lat, key=lambda kv: kv[1].get("rate", 0)):
+        for v in lat:
             if line := minute_line(v):
                 lines.append(f"{_fmt(v['rate']):>10}: {line}")
-        best = max((v["rate"] for _, v in lat if v.get("sustained")), default=None)
-        triggers = sorted({v["trigger"] for _, v in lat if v.get("trigger")})
+        best = max((v["rate"] for v in lat if v.get("sustained")), default=None)
+        triggers = sorted({v["trigger"] for v in lat if v.get("trigger")})
         lines.append(f"highest sustained rate tried: {_fmt(best)} ticks/s"
                      + (f" (trigger {', '.join(triggers)})" if triggers else ""))
     soak = runs.get("soak")
