@@ -216,6 +216,11 @@ class StreamSettings(_Section):
     # path (a reader replays at most this many small JSON commits); 0: none (Delta's own, per the
     # table's delta.checkpointInterval). A table whose own interval is at most this keeps Delta's.
     audit_checkpoint_interval: int = Field(100, ge=0)
+    # Who writes those checkpoints: kernel, Delta Kernel in the driver, without Spark jobs (~0.15 s for 100
+    # commits); spark, Delta Lake's own, in five to seven Spark jobs beside the batches (0.6-6 s; bench/
+    # ROUNDS.md, forty-third round). The same file either way; kernel falls back to spark, with a warning,
+    # where Delta Kernel is not on the classpath or does not write the table.
+    audit_checkpoint_writer: Literal["kernel", "spark"] = "kernel"
     # The sink compacts the audit table's small files (Delta's OPTIMIZE: one file per event date per batch)
     # every this many of its commits, off the batch's path; 0: never (stream/sinks.py, AuditMaintenance).
     audit_compact_interval: int = Field(1000, ge=0)

@@ -91,6 +91,30 @@ def test_delta_lists_the_log_of_a_table_on_s3a_from_its_checkpoint(spark, s3):
     assert sorted(r.version for r in history) == list(range(7))
 
 
+def test_delta_kernel_checkpoints_a_table_on_s3a(spark, s3):
+    from marketsignals.stream.sinks import AuditMaintenance
+
+    bucket, _, requests = s3
+    table = f"s3a://{bucket}/audit"
+    upkeep = AuditMaintenance(table, every=2, writer="kernel")
+    for _ in range(3):  # versions 0..2, the checkpoint at 2
+        spark.range(10).write.format("delta").mode("append").option("delta.checkpointInterval", "1000000").save(table)
+        upkeep.committed(spark)
+        assert upkeep.wait(timeout=60)
+    outcome = upkeep.finished()["audit_checkpoint"]
+    assert outcome == {"version": 2, "ms": outcome["ms"], "writer": "kernel"}, outcome
+    # S3 shows an object whole or not at all: the file goes straight to its name, no temporary one renamed
+    written = [path for method, path in requests if method == "PUT" and f"/{bucket}/audit/_delta_log/" in path]
+    assert [p for p in written if p.endswith("/00000000000000000002.checkpoint.parquet")], written
+    assert [p for p in written if p.endswith("/_last_checkpoint")]
+    assert not [p for p in written if ".tmp" in p and "checkpoint" in p], written  # (Delta's .crc files have one)
+    spark._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()  # a new reader starts from it
+    snapshot = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, table).update(
+        False, spark._jvm.scala.Option.empty(), spark._jvm.scala.Option.empty())
+    assert snapshot.logSegment().checkpointProvider().version() == 2
+    assert spark.read.format("delta").load(table).count() == 30
+
+
 def test_the_checkpoint_is_written_in_place_on_s3a_only(spark, s3, tmp_path):
     bucket, *_ = s3
     assert not writes_in_place(spark, str(tmp_path / "checkpoint"))  # a local file system cannot abort a write

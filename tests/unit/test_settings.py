@@ -123,6 +123,7 @@ def test_the_profiles_leave_the_audit_tables_upkeep_to_the_sink(profile):
     # the files its compactions replaced a day, not Delta's 7: each checkpoint writes them all (_checkpoint)
     assert s.stream.audit_table_properties["delta.deletedFileRetentionDuration"] == "interval 1 day"
     assert s.stream.audit_checkpoint_interval == 100
+    assert s.stream.audit_checkpoint_writer == "kernel"  # Delta Kernel in the driver: no Spark jobs
     assert s.stream.audit_compact_interval == 1000
     assert session_conf(s.spark)["spark.databricks.delta.optimize.minFileSize"] == str(64 * 1024 * 1024)
     # ... and its output files one at a time (a task, one core, each), not Delta's up to 15 at once
@@ -152,6 +153,7 @@ def test_an_audit_table_property_outside_delta_is_refused():
     ("broker.port=70000", ["broker.port"]),
     ("stream.state_buckets=0", ["stream.state_buckets", "greater than or equal to 1"]),
     ("stream.audit_checkpoint_interval=-1", ["stream.audit_checkpoint_interval", "greater than or equal to 0"]),
+    ("stream.audit_checkpoint_writer=delta", ["stream.audit_checkpoint_writer", "kernel", "spark"]),
     ("stream.audit_compact_interval=-5", ["stream.audit_compact_interval", "greater than or equal to 0"]),
     ("stream.warm_up_ticks=-1", ["stream.warm_up_ticks", "greater than or equal to 0"]),
     ("stream.source_tasks=-2", ["stream.source_tasks", "greater than or equal to 0"]),

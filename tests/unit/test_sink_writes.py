@@ -1,6 +1,7 @@
 """The sink's concurrent writes and its materialised batch, on a local SparkSession (no Kafka)."""
 
 import json
+import logging
 import os
 import threading
 import time
@@ -183,10 +184,16 @@ def _checkpoints_in(table) -> list[int]:
     return sorted(int(p.name.split(".")[0]) for p in (table / "_delta_log").glob("*.checkpoint.parquet"))
 
 
-def test_the_audit_table_is_checkpointed_off_the_commit_every_n_commits(spark, tmp_path):
+def _maintenance_jobs(spark) -> int:
+    return len(spark.sparkContext.statusTracker().getJobIdsForGroup(sinks.AUDIT_MAINTENANCE_JOB_GROUP))
+
+
+@pytest.mark.parametrize("writer", ["kernel", "spark"])
+def test_the_audit_table_is_checkpointed_off_the_commit_every_n_commits(spark, tmp_path, writer):
     table = tmp_path / "audit"
-    checkpoints = sinks.AuditMaintenance(str(table), every=3)
+    checkpoints = sinks.AuditMaintenance(str(table), every=3, writer=writer)
     rows = spark.range(5).selectExpr("id", "id % 2 AS day")
+    jobs_before = _maintenance_jobs(spark)
     for _ in range(8):  # versions 0..7: Delta's own hook would write none (interval 1,000,000)
         (rows.write.format("delta").mode("append").partitionBy("day")
          .option("delta.checkpointInterval", "1000000").save(str(table)))
@@ -194,15 +201,62 @@ def test_the_audit_table_is_checkpointed_off_the_commit_every_n_commits(spark, t
         assert checkpoints.wait(timeout=60)  # one at a time here, so each lands at its commit's version
     assert _checkpoints_in(table) == [3, 6]
     outcome = checkpoints.finished()["audit_checkpoint"]
-    assert outcome.keys() == {"version", "ms"} and outcome["version"] == 6, outcome  # no "error"
+    assert outcome == {"version": 6, "ms": outcome["ms"], "writer": writer}, outcome  # no "error"
     assert checkpoints.finished() == {}  # reported once
+    # Delta Kernel runs no Spark job (its cores stay the batches'); Delta Lake's rebuilds the state in jobs
+    assert (_maintenance_jobs(spark) > jobs_before) is (writer == "spark")
     # a reader starts from the newest checkpoint: the table reads whole
     assert json.loads((table / "_delta_log" / "_last_checkpoint").read_text())["version"] == 6
+    spark._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()  # a new reader's snapshot, from the file
     assert spark.read.format("delta").load(str(table)).count() == 40
+    assert spark.read.format("delta").load(str(table)).where("day = 1").count() == 16  # its partition values
     # one Delta did not write (it logs why and returns) is reported, not taken for written
     delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, str(table))
     checkpoints._maintain(spark, delta_log, version=99, compact=False, checkpoint=True)
     assert "Delta wrote none (its newest is at version 7" in checkpoints.finished()["audit_checkpoint"]["error"]
+
+
+def test_the_kernels_checkpoint_keeps_the_txn_versions_the_exactly_once_check_reads(spark, tmp_path):
+    table = str(tmp_path / "audit")
+    checkpoints = sinks.AuditMaintenance(table, every=3, writer="kernel")
+
+    def append(version: int) -> None:
+        (spark.range(10).write.format("delta").mode("append").option("delta.checkpointInterval", "1000000")
+         .option("txnAppId", "query-1").option("txnVersion", version).save(table))
+
+    for batch in range(4):  # versions 0..3, the checkpoint at 3
+        append(batch)
+        checkpoints.committed(spark)
+        assert checkpoints.wait(timeout=60)
+    outcome = checkpoints.finished()["audit_checkpoint"]
+    assert outcome == {"version": 3, "ms": outcome["ms"], "writer": "kernel"}, outcome
+    jvm = spark._jvm
+    jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()  # as after a restart: the state from the checkpoint
+    snapshot = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, table).update(
+        False, jvm.scala.Option.empty(), jvm.scala.Option.empty())
+    assert snapshot.logSegment().checkpointProvider().version() == 3
+    assert snapshot.transactions().get("query-1").get() == 3
+    append(3)  # a replayed batch: Delta skips it
+    assert spark.read.format("delta").load(table).count() == 40
+
+
+def test_a_kernel_that_fails_hands_the_runs_checkpoints_to_delta_lake(spark, tmp_path, monkeypatch, caplog):
+    def missing(*_args):
+        raise RuntimeError("Delta Kernel (io.delta.kernel.Table) is not on the classpath")
+
+    monkeypatch.setattr(sinks, "kernel_checkpoint", missing)
+    table = tmp_path / "audit"
+    checkpoints = sinks.AuditMaintenance(str(table), every=2, writer="kernel")
+    with caplog.at_level(logging.WARNING, logger="marketsignals.stream.sinks"):
+        for _ in range(5):  # versions 0..4
+            (spark.range(3).write.format("delta").mode("append").option("delta.checkpointInterval", "1000000")
+             .save(str(table)))
+            checkpoints.committed(spark)
+            assert checkpoints.wait(timeout=60)
+    assert _checkpoints_in(table) == [2, 4]  # Delta Lake's, from the first that Delta Kernel did not write
+    assert checkpoints.finished()["audit_checkpoint"]["writer"] == "spark"
+    warnings = [r.getMessage() for r in caplog.records if "Delta Kernel did not write" in r.getMessage()]
+    assert len(warnings) == 1 and "not on the classpath" in warnings[0], warnings  # once a run
 
 
 def _log_versions(table, suffix=".json") -> list[int]:

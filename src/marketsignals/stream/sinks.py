@@ -185,7 +185,7 @@ class SignalSink:
     def __post_init__(self) -> None:
         stream = self.settings.stream
         self.maintenance = AuditMaintenance(stream.audit_table, stream.audit_checkpoint_interval,
-                                            stream.audit_compact_interval)
+                                            stream.audit_compact_interval, stream.audit_checkpoint_writer)
 
     def close(self, timeout: float | None = None) -> bool:
         """Wait for the audit table's compaction or checkpoint in flight, if any (call it once the query
@@ -306,6 +306,16 @@ class AuditMaintenance:
     version while later commits land, as its readers expect. A table whose own interval is at most that
     (one created before, or configured so) keeps Delta's hook and gets none from here; 0 turns this off.
 
+    Who writes it (``stream.audit_checkpoint_writer``): ``kernel``, Delta Kernel's ``Table.checkpoint``
+    (the same Delta release's, from ``make jars``), reads the log and writes the Parquet file in this
+    thread, in the driver, with no Spark job; ``spark``, Delta Lake's ``DeltaLog.checkpoint``, rebuilds
+    the state in five to seven Spark jobs whose tasks take the batches' cores. The same file either way
+    (the same actions: files, tombstones within the table's retention, the ``txnAppId`` versions the
+    sink's exactly-once check reads); a 100-commit table took Delta Kernel ~0.15 s, Delta Lake 0.6-2 s
+    of an idle session and 4.5-6 s beside a busy stream (bench/ROUNDS.md, forty-third round). Where
+    Delta Kernel is not on the classpath, or fails on the table (a table feature it does not write,
+    say), the run goes on with ``spark`` and logs why, once.
+
     **The log's expired files.** After each of its checkpoints this removes the log's files older than
     the table's ``delta.logRetentionDuration`` (an hour for a table the sink created) to the minute, not
     to the day as Delta does: every commit lists them all (:meth:`_clean_log`).
@@ -329,10 +339,11 @@ class AuditMaintenance:
     job group, so stopping the query does not cancel them.
     """
 
-    def __init__(self, table: str, every: int, compact_every: int = 0) -> None:
+    def __init__(self, table: str, every: int, compact_every: int = 0, writer: str = "kernel") -> None:
         self.table = table
         self.every = every
         self.compact_every = compact_every
+        self.writer = writer  # "kernel" until Delta Kernel is missing or fails, then "spark" for the run
         self._thread: threading.Thread | None = None
         self._last_block: int | None = None  # version // every of the last checkpoint started this run
         self._last_compact_block: int | None = None  # version // compact_every of the last compaction
@@ -420,7 +431,18 @@ class AuditMaintenance:
         outcome["files_added"] = int(metrics["numFilesAdded"])
 
     def _checkpoint(self, spark: SparkSession, delta_log, version: int, outcome: dict) -> None:
-        delta_log.checkpoint()  # its newest snapshot; Delta logs its own failures and returns
+        if self.writer == "kernel":
+            newest = delta_log.unsafeVolatileSnapshot().version()  # as Delta Lake's: with a compaction just done
+            try:
+                kernel_checkpoint(spark, self.table, newest)
+            except Exception as exc:  # not on the classpath, or a table it does not write: Delta Lake's
+                if "CheckpointAlreadyExistsException" not in str(exc):
+                    _log.warning("Delta Kernel did not write the audit table's checkpoint at version %d (%s): "
+                                 "this run writes them with Delta Lake's Spark jobs", newest, error_line(exc, 300))
+                    self.writer = "spark"
+        if self.writer == "spark":
+            delta_log.checkpoint()  # its newest snapshot; Delta logs its own failures and returns
+        outcome["writer"] = self.writer
         written = json.loads(read_text(spark, self.table, "_delta_log/_last_checkpoint"))["version"]
         if written < version:
             outcome["error"] = f"Delta wrote none (its newest is at version {written}; the driver log says why)"
@@ -446,8 +468,9 @@ class AuditMaintenance:
 
     def finished(self) -> dict[str, dict]:
         """The outcomes finished since the last call, by metrics key (``audit_compaction``: version,
-        ms, files_removed, files_added; ``audit_checkpoint`` and, after one written, ``audit_log_cleanup``:
-        version, ms; any with ``error``, a cleanup the table turned off with ``skipped``)."""
+        ms, files_removed, files_added; ``audit_checkpoint``: version, ms, writer (``kernel`` or ``spark``);
+        after one written, ``audit_log_cleanup``: version, ms; any with ``error``, a cleanup the table
+        turned off with ``skipped``)."""
         with self._lock:
             outcomes, self._finished = self._finished, {}
         return outcomes
@@ -458,6 +481,25 @@ class AuditMaintenance:
             thread.join(timeout)
             return not thread.is_alive()
         return True
+
+
+def kernel_checkpoint(spark: SparkSession, table: str, version: int) -> None:
+    """Write ``table``'s Delta checkpoint at ``version`` with Delta Kernel, in the calling thread: it lists
+    and reads the log (the newest checkpoint before ``version`` and the JSON commits after it) and writes
+    the checkpoint's Parquet file and ``_last_checkpoint`` through the session's Hadoop configuration and
+    Delta's log store for the path's scheme (the file written whole or not at all: through a temporary
+    file and a rename where a partial write would be visible). Raises if Delta Kernel is not on the
+    classpath, or whatever it raises (``CheckpointAlreadyExistsException`` for a version that has one)."""
+    from py4j.java_gateway import JavaClass
+
+    jvm = spark._jvm
+    table_class = jvm.io.delta.kernel.Table
+    if not isinstance(table_class, JavaClass):
+        raise RuntimeError("Delta Kernel (io.delta.kernel.Table) is not on the classpath: `make jars` fetches it "
+                           "(delta-kernel-api and delta-kernel-defaults)")
+    engine = jvm.io.delta.kernel.defaults.engine.DefaultEngine.create(
+        spark._jsparkSession.sessionState().newHadoopConf())  # spark.hadoop.* too, as Delta Lake reads it
+    table_class.forPath(engine, table).checkpoint(engine, version)
 
 
 FAST_LOG_LISTING = "delta.enableFastS3AListFrom"  # delta-storage's S3SingleDriverLogStore reads it
