@@ -123,6 +123,15 @@ def progress_lines(metrics: list[dict]) -> list[dict]:
     return [m for m in metrics if m.get("event") == "progress"]
 
 
+def reopened_snapshot(spark, table: str):
+    """The Delta table's newest snapshot as a new reader (a restart) builds it: Delta's cached logs
+    dropped, so the state comes from the table's newest checkpoint and the commits after it."""
+    delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog
+    delta_log.clearCache()
+    empty = spark._jvm.scala.Option.empty()
+    return delta_log.forTable(spark._jsparkSession, table).update(False, empty, empty)
+
+
 def audit_log_batches(table: Path) -> tuple[set[int], set[int]]:
     """The batch ids an audit table's Delta log records, read from outside: the sink's commit tags
     (userMetadata) and Delta txn versions (the run's first audit write). A commit file still being

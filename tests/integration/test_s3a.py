@@ -12,7 +12,7 @@ from conftest import ROOT
 from marketsignals import feed
 from marketsignals.stream.checkpoint import ABORTABLE_MANAGER, MANAGER_CLASS, writes_in_place
 from marketsignals.stream.sinks import FAST_LOG_LISTING, fast_log_listing
-from support import progress_lines, run_available_now
+from support import progress_lines, reopened_snapshot, run_available_now
 
 
 @pytest.fixture
@@ -108,10 +108,7 @@ def test_delta_kernel_checkpoints_a_table_on_s3a(spark, s3):
     assert [p for p in written if p.endswith("/00000000000000000002.checkpoint.parquet")], written
     assert [p for p in written if p.endswith("/_last_checkpoint")]
     assert not [p for p in written if ".tmp" in p and "checkpoint" in p], written  # (Delta's .crc files have one)
-    spark._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()  # a new reader starts from it
-    snapshot = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, table).update(
-        False, spark._jvm.scala.Option.empty(), spark._jvm.scala.Option.empty())
-    assert snapshot.logSegment().checkpointProvider().version() == 2
+    assert reopened_snapshot(spark, table).logSegment().checkpointProvider().version() == 2  # a new reader's start
     assert spark.read.format("delta").load(table).count() == 30
 
 

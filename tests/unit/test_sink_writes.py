@@ -10,6 +10,7 @@ import pytest
 
 from marketsignals.stream import sinks
 from marketsignals.stream.sinks import audit_commit_tag, last_audited_batch, materialised, release, run_together
+from support import reopened_snapshot
 
 
 def test_the_writes_run_at_the_same_time(spark):
@@ -230,10 +231,7 @@ def test_the_kernels_checkpoint_keeps_the_txn_versions_the_exactly_once_check_re
         assert checkpoints.wait(timeout=60)
     outcome = checkpoints.finished()["audit_checkpoint"]
     assert outcome == {"version": 3, "ms": outcome["ms"], "writer": "kernel"}, outcome
-    jvm = spark._jvm
-    jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()  # as after a restart: the state from the checkpoint
-    snapshot = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, table).update(
-        False, jvm.scala.Option.empty(), jvm.scala.Option.empty())
+    snapshot = reopened_snapshot(spark, table)  # as after a restart: the state from the checkpoint
     assert snapshot.logSegment().checkpointProvider().version() == 3
     assert snapshot.transactions().get("query-1").get() == 3
     append(3)  # a replayed batch: Delta skips it
