@@ -454,9 +454,10 @@ class AuditMaintenance:
         Delta lists the whole ``_delta_log`` at every commit (the snapshot update at the start of each
         transaction; delta-io/delta#1191 on S3), so each file there costs every later batch's audit write:
         ~10 us an entry through Hadoop's local file system, ~2 through the local profile's (a file and its
-        .crc sidecar are two), and on a 1 s trigger the log gains ~172,800 files a day. Delta's own cleanup,
-        after each checkpoint (:meth:`_checkpoint`'s too), truncates its cut-off to the day, so even a
-        short retention leaves up to a day and more of files. This one cuts at the minute. Like Delta's,
+        .crc sidecar are two), and on a 1 s trigger the log gains ~172,800 files a day. Delta Lake's own
+        cleanup, after each checkpoint it writes (:meth:`_checkpoint`'s with the ``spark`` writer too),
+        truncates its cut-off to the day, so even a short retention leaves up to a day and more of files.
+        This one cuts at the minute. Like Delta's,
         it removes only files older than the retention whose versions a later checkpoint holds, and none
         when the table sets ``delta.enableExpiredLogCleanup`` false (bench/ROUNDS.md, thirty-fifth round)."""
         snapshot = delta_log.unsafeVolatileSnapshot()
