@@ -43,7 +43,20 @@ def spark(base_settings):
     assert s3a, f"no S3A jars in {ROOT / '.jars' / 's3a'}: run `make jars`"
     session = build_session(base_settings.spark, extra_conf={"spark.jars": ",".join(s3a)})
     yield session
+    _close_kafka_producers(session)
     session.stop()
+
+
+def _close_kafka_producers(session) -> None:
+    """Close Spark's pooled Kafka producers (one JVM-wide pool, which SparkSession.stop leaves open): a
+    producer whose broker a test stopped otherwise logs its reconnects at WARN while the JVM exits."""
+    try:
+        jvm = session.sparkContext._jvm
+        pool = jvm.org.apache.spark.util.Utils.classForName(  # Spark's class loader: spark.jars
+            "org.apache.spark.sql.kafka010.producer.InternalKafkaProducerPool$", True, False)
+        pool.getField("MODULE$").get(None).reset()
+    except Exception as exc:  # Spark internals: never fail the session's end over it
+        print(f"could not close Spark's Kafka producers: {exc}")
 
 
 @pytest.fixture(scope="session")
