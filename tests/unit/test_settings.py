@@ -140,6 +140,12 @@ def test_the_local_profile_reads_a_live_batch_in_a_task_a_core_and_emr_in_one_a_
     assert load_settings(profile, [], env={}).stream.source_tasks == tasks
 
 
+@pytest.mark.parametrize("profile", ["local", "emr"])
+def test_the_profiles_start_a_live_batch_on_the_trigger_s_interval_only(profile):
+    # early batches are a choice: with them, a stream settles after its input stops only at the next tick
+    assert load_settings(profile, [], env={}).stream.early_batch_ticks == 0
+
+
 def test_an_audit_table_property_outside_delta_is_refused():
     with pytest.raises(SettingsError, match=r"stream\.audit_table_properties.*delta\.<name>.*'checkpointInterval'"):
         load_settings("local", ["stream.audit_table_properties.checkpointInterval=10"], env={})
@@ -157,6 +163,7 @@ def test_an_audit_table_property_outside_delta_is_refused():
     ("stream.audit_compact_interval=-5", ["stream.audit_compact_interval", "greater than or equal to 0"]),
     ("stream.warm_up_ticks=-1", ["stream.warm_up_ticks", "greater than or equal to 0"]),
     ("stream.source_tasks=-2", ["stream.source_tasks", "greater than or equal to 0"]),
+    ("stream.early_batch_ticks=-1", ["stream.early_batch_ticks", "greater than or equal to 0"]),
     ("stream.warm_up_ticks=5000000", ["stream.warm_up_ticks", "less than or equal to 1000000"]),
     ("strategy.no_such_key=1", ["strategy.no_such_key"]),
 ])

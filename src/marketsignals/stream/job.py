@@ -45,6 +45,7 @@ from marketsignals.stream import checkpoint, error_text, state
 from marketsignals.stream.metrics import MetricsListener
 from marketsignals.stream.sinks import FAST_LOG_LISTING, SignalSink, fast_log_listing
 from marketsignals.stream.source import read_ticks
+from marketsignals.stream.trigger import NO_DATA_BATCHES, live_trigger
 from marketsignals.stream.warm_up import WarmUpStopped, warm_up
 from marketsignals.validation import parse_ticks, raw_text, with_reject_reason
 
@@ -144,15 +145,30 @@ def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListe
     if sink is None:
         sink = SignalSink(settings)
     sink.on_counts = listener.record_counts
-    writer = (signal_stream(read_ticks(spark, settings.kafka), settings, layout.key_partitions).writeStream
+    live = None if s.bounded else live_trigger(s, settings.kafka.max_offsets_per_trigger)
+    if live is not None and live.note:
+        print(f"marketsignals stream: {live.note}", flush=True)
+    ticks = read_ticks(spark, settings.kafka, limits=live.read_limits if live else None)
+    writer = (signal_stream(ticks, settings, layout.key_partitions).writeStream
               .queryName(s.query_name).option("checkpointLocation", s.checkpoint).foreachBatch(sink))
     if s.trigger == "availableNow":
         writer = writer.trigger(availableNow=True)
     elif s.trigger == "once":
         writer = writer.trigger(once=True)
     else:
-        writer = writer.trigger(processingTime=s.trigger.partition("=")[2])
-    return writer.start()
+        writer = writer.trigger(processingTime=live.interval)
+    if live is None or live.no_data_batches:
+        return writer.start()
+    # the query's own session is a copy of this one's, made by start(): only this query runs without them
+    before = spark.conf.get(NO_DATA_BATCHES, None)
+    spark.conf.set(NO_DATA_BATCHES, "false")
+    try:
+        return writer.start()
+    finally:
+        if before is None:
+            spark.conf.unset(NO_DATA_BATCHES)
+        else:
+            spark.conf.set(NO_DATA_BATCHES, before)
 
 
 STOP_POLL_S = 0.2  # how soon after SIGTERM / Ctrl-C the query's stop starts, at the latest

@@ -30,9 +30,11 @@ def _spark_keys(options: dict[str, str]) -> dict[str, str]:
     return {f"kafka.{k}": str(v) for k, v in options.items()}
 
 
-def read_ticks(spark: SparkSession, kafka: KafkaSettings, starting: dict[str, str] | None = None) -> DataFrame:
+def read_ticks(spark: SparkSession, kafka: KafkaSettings, starting: dict[str, str] | None = None,
+               limits: dict[str, str] | None = None) -> DataFrame:
     """The raw tick stream: Kafka key, value, topic, partition, offset, timestamp (``starting``: the Kafka
-    source's options for where a new query starts, instead of ``kafka.starting_offsets``)."""
+    source's options for where a new query starts, instead of ``kafka.starting_offsets``; ``limits``: its
+    options for when a live batch starts, stream/trigger.py)."""
     reader = spark.readStream.format("kafka").options(**source_options(kafka))
     if kafka.topic_pattern:
         reader = reader.option("subscribePattern", kafka.topic_pattern)
@@ -42,4 +44,4 @@ def read_ticks(spark: SparkSession, kafka: KafkaSettings, starting: dict[str, st
     reader = reader.option("failOnDataLoss", "true")
     if kafka.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", str(kafka.max_offsets_per_trigger))
-    return reader.load()
+    return reader.options(**(limits or {})).load()
