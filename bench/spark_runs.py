@@ -33,6 +33,25 @@ def _progress(path: Path) -> list[dict]:
     return [m for m in (json.loads(line) for line in path.read_text().splitlines()) if m.get("event") == "progress"]
 
 
+def _trigger(settings: Settings) -> str:
+    """The live trigger as the run had it: the interval, and the ticks that start a batch sooner."""
+    from marketsignals.stream.trigger import live_trigger
+
+    live = live_trigger(settings.stream, settings.kafka.max_offsets_per_trigger)
+    early = f", early at {int(live.read_limits['minOffsetsPerTrigger']):,} ticks" if live.early else ""
+    return settings.stream.trigger + early
+
+
+def _drained(line: dict, fed_epoch: float) -> bool:
+    """Whether a metrics line says the stream has read all the feed sent: an idle trigger's line (none comes
+    before Spark's noDataProgressEventInterval, 10 s, where batches wait for stream.early_batch_ticks),
+    or a batch begun after the feed ended that read up to the newest offsets."""
+    if line["input_rows"] == 0:
+        return True
+    lag = max(line.get("kafka_lag", {}).values(), default=1.0)
+    return parse_iso_ms(line["timestamp"]) >= fed_epoch * 1000 and lag == 0
+
+
 def _summary(progress: list[dict], wall_s: float) -> dict:
     rows = sum(m["input_rows"] for m in progress)
     busy = [m for m in progress if m["input_rows"] > 0]
@@ -140,11 +159,11 @@ def latency(settings: Settings, work: Path, rate: float, seconds: float, records
     feed_from, feed_from_epoch = time.monotonic(), time.time()
     feeder = start_feeder(settings.kafka.bootstrap_servers, Path(records), settings.kafka.tick_topics, rate, seconds)
     fed = wait_feeder(feeder)
-    fed_at = time.monotonic()
+    fed_at, fed_epoch = time.monotonic(), time.time()
     # let the job drain what is left (bounded): the lag after the feed stops says if it kept up
     while query.isActive and time.monotonic() - fed_at < catch_up_s:
         lines = _progress(Path(settings.stream.metrics_path))
-        if lines and lines[-1]["input_rows"] == 0 and sum(m["input_rows"] for m in lines) >= fed["sent"]:
+        if lines and sum(m["input_rows"] for m in lines) >= fed["sent"] and _drained(lines[-1], fed_epoch):
             break
         time.sleep(1.0)
     drained_s = time.monotonic() - fed_at
@@ -159,7 +178,7 @@ def latency(settings: Settings, work: Path, rate: float, seconds: float, records
     sustained = bool(consumed >= fed["sent"] * 0.99 and drained_s < min(catch_up_s, 10.0)
                      and (not half or half[-1] <= max(half[0] * 1.5, rate * 3)))
     return {
-        "rate": rate, "seconds": seconds, "trigger": settings.stream.trigger, "feeder": fed, "consumed": consumed,
+        "rate": rate, "seconds": seconds, "trigger": _trigger(settings), "feeder": fed, "consumed": consumed,
         "drain_s": round(drained_s, 1),
         "sustained": sustained, "max_lag_ticks": max(lags, default=0.0),
         "batch_ms_median": median([m["batch_duration_ms"] for m in busy]) if busy else None,
