@@ -6,10 +6,10 @@ where a batch takes most of the second anyway, starting the next one as the one 
 wait; at a low rate it would only run more batches, each with the same fixed cost (bench/ROUNDS.md,
 thirty-ninth round). So the batch starts early only once enough ticks wait:
 
-- Spark checks every ``POLL_MS`` (a trigger of that interval) and, after a batch longer than that, as
-  soon as it ends;
+- Spark checks every ``POLL_MS`` (a trigger of that interval; a quarter of a shorter interval) and,
+  after a batch longer than that, as soon as it ends;
 - the Kafka source starts a batch once ``early_batch_ticks`` new ticks are there (its
-  ``minOffsetsPerTrigger``), or ``interval - POLL_MS / 2`` after the batch before began
+  ``minOffsetsPerTrigger``), or the interval less half a check after the batch before began
   (``maxTriggerDelay``): on the checks' grid, the interval. Until then it reports no new data;
 - Spark's no-data batches are off for the query: otherwise, at every check that finds too few ticks
   after a batch that moved the watermark, Spark would run a batch without data for the stateful
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from marketsignals.settings import StreamSettings, duration_ms
 
-POLL_MS = 250  # how often Spark asks Kafka for new offsets while a batch waits (~1 ms of the driver each)
+POLL_MS = 250  # how often Spark asks Kafka for its newest offsets while a batch waits (at most)
 NO_DATA_BATCHES = "spark.sql.streaming.noDataMicroBatches.enabled"
 
 
