@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -151,3 +153,17 @@ def set_log_level(sc, level: str) -> None:
     nothing more. Another level first makes the second call act, and clear that filter."""
     sc.setLogLevel("ERROR" if level.upper() != "ERROR" else "WARN")
     sc.setLogLevel(level)
+
+
+@contextmanager
+def conf_while(spark: SparkSession, key: str, value: str) -> Iterator[None]:
+    """The session's ``key`` set to ``value`` for the block, then back to what it was (unset if it was)."""
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)

@@ -40,6 +40,7 @@ from marketsignals.schema import (
     VOLUME,
 )
 from marketsignals.secrets import resolve_secrets
+from marketsignals.session import conf_while
 from marketsignals.settings import Settings, load_settings
 from marketsignals.stream import checkpoint, error_text, state
 from marketsignals.stream.metrics import MetricsListener
@@ -160,15 +161,8 @@ def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListe
     if live is None or live.no_data_batches:
         return writer.start()
     # the query's own session is a copy of this one's, made by start(): only this query runs without them
-    before = spark.conf.get(NO_DATA_BATCHES, None)
-    spark.conf.set(NO_DATA_BATCHES, "false")
-    try:
+    with conf_while(spark, NO_DATA_BATCHES, "false"):
         return writer.start()
-    finally:
-        if before is None:
-            spark.conf.unset(NO_DATA_BATCHES)
-        else:
-            spark.conf.set(NO_DATA_BATCHES, before)
 
 
 STOP_POLL_S = 0.2  # how soon after SIGTERM / Ctrl-C the query's stop starts, at the latest

@@ -37,12 +37,16 @@ class LiveTrigger:
 
     interval: str  # Spark's processingTime
     read_limits: dict[str, str] = field(default_factory=dict)  # the Kafka source's options
-    no_data_batches: bool = True
     note: str = ""  # what the driver prints about early batches
 
     @property
     def early(self) -> bool:
         return bool(self.read_limits)
+
+    @property
+    def no_data_batches(self) -> bool:
+        """Spark's batches without data: off where batches start early (see the module's docstring)."""
+        return not self.early
 
 
 def live_trigger(stream: StreamSettings, most: int | None = None) -> LiveTrigger:
@@ -63,6 +67,5 @@ def live_trigger(stream: StreamSettings, most: int | None = None) -> LiveTrigger
     return LiveTrigger(
         f"{poll_ms} milliseconds",
         {"minOffsetsPerTrigger": str(ticks), "maxTriggerDelay": f"{interval_ms - poll_ms // 2}ms"},
-        no_data_batches=False,
         note=f"a batch starts every {interval_ms:,} ms, or as soon as {ticks:,} ticks wait",
     )

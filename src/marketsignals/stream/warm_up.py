@@ -30,6 +30,7 @@ from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
 from marketsignals.feed import BAD_KINDS, FeedOptions, generate, symbol_names
+from marketsignals.session import conf_while
 from marketsignals.settings import KafkaSettings, Settings
 from marketsignals.stream import error_line
 from marketsignals.stream.checkpoint import file_system
@@ -205,16 +206,8 @@ def rows_from_parquet(spark: SparkSession):
     stream. The vectorized reader's batches of columns would need other code (bench/ROUNDS.md,
     thirty-first round). Spark plans each batch with the session's settings: the stream's own query
     starts after this ends."""
-    key = "spark.sql.parquet.enableVectorizedReader"
-    before = spark.conf.get(key, None)
-    spark.conf.set(key, "false")
-    try:
+    with conf_while(spark, "spark.sql.parquet.enableVectorizedReader", "false"):
         yield
-    finally:
-        if before is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, before)
 
 
 class WarmUpFailed(RuntimeError):
