@@ -3,12 +3,12 @@ and never without data: the trade that keeps the option off in the profiles (str
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pytest
 
+from faults.harness import batch_ids, read_metrics, wait_until
 from marketsignals import feed
 from marketsignals.feed import parse_iso_ms
 from support import progress_lines
@@ -22,20 +22,19 @@ EARLY = 500
 
 def _batches(path: Path) -> list[dict]:
     """The metrics file's batches with ticks so far."""
-    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    return [m for m in progress_lines(lines) if m["input_rows"] > 0]
+    return [m for m in progress_lines(read_metrics(path)) if m["input_rows"] > 0]
 
 
-def _wait(query, path: Path, ticks: int, timeout_s: float = 120) -> list[dict]:
+def _read(query, path: Path, ticks: int) -> list[dict]:
     """The batches with ticks once they have read ``ticks`` in all (a first batch with data is slow: its
     start, not its end, is what the test judges)."""
-    deadline = time.monotonic() + timeout_s
-    while query.isActive and time.monotonic() < deadline:
-        done = _batches(path)
-        if sum(m["input_rows"] for m in done) >= ticks:
-            return done
-        time.sleep(0.1)
-    raise AssertionError(f"fewer than {ticks} ticks read within {timeout_s} s: {_batches(path)}")
+    def done() -> list[dict] | None:
+        assert query.isActive, f"the query ended: {query.exception()}"
+        batches = _batches(path)
+        return batches if sum(m["input_rows"] for m in batches) >= ticks else None
+
+    return wait_until(done, 120, lambda: f"fewer than {ticks} ticks read within 120 s: {_batches(path)}",
+                      interval_s=0.1)
 
 
 def test_a_batch_starts_early_once_enough_ticks_wait_and_on_the_interval_otherwise(spark, kafka_broker, capsys):
@@ -55,11 +54,11 @@ def test_a_batch_starts_early_once_enough_ticks_wait_and_on_the_interval_otherwi
                                                         seed=3, topics=tuple(settings.kafka.topics)))
         produced = time.time() * 1000
         # a batch may start while the producer still sends: the rest, fewer than EARLY, waits for the interval
-        _wait(query, metrics, 2 * EARLY)
+        _read(query, metrics, 2 * EARLY)
         kafka_broker.produce(settings, feed.FeedOptions(symbols=symbols, count=EARLY // 5, rate=200,
                                                         start_ms=START_MS + 60_000, seed=4,
                                                         topics=tuple(settings.kafka.topics)))
-        batches = _wait(query, metrics, 2 * EARLY + EARLY // 5)
+        batches = _read(query, metrics, 2 * EARLY + EARLY // 5)
     finally:
         query.stop()
         spark.streams.removeListener(listener)
@@ -78,8 +77,7 @@ def test_a_batch_starts_early_once_enough_ticks_wait_and_on_the_interval_otherwi
         assert gap >= INTERVAL_S * 1000 - 300, f"a batch of {batch['input_rows']} ticks started after {gap} ms"
     # no batch without data: with Spark's no-data batches on, the first check after the early batch that found
     # too few ticks would have run one (that batch moved the watermark)
-    committed = sorted(int(p.name) for p in (Path(settings.stream.checkpoint) / "commits").iterdir()
-                       if p.name.isdigit())
+    committed = batch_ids(Path(settings.stream.checkpoint) / "commits")
     assert committed == [0, *(m["batch_id"] for m in batches)] == list(range(len(batches) + 1))
     assert "a batch starts every 12,000 ms, or as soon as 500 ticks wait" in capsys.readouterr().out
     # the session the next query starts from keeps Spark's no-data batches
