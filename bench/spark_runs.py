@@ -79,12 +79,16 @@ def _summary(progress: list[dict], wall_s: float) -> dict:
 def _phases(busy: list[dict]) -> dict[str, float]:
     """Where a batch's time goes: the median milliseconds of each phase over the data batches --
     Spark's own (``durationMs``: queryPlanning, addBatch, walCommit, commitOffsets, ...) and, inside
-    addBatch, the sink's (``sink_ms``: compute, plan, kafka, audit, write)."""
+    addBatch, the sink's (``sink_ms``: compute, plan, kafka, audit, write, total) -- and
+    ``addBatch_outside_sink``, Spark's own part of addBatch (addBatch less the sink's total)."""
     phases: dict[str, list[int]] = {}
     for m in busy:
-        for source in (m.get("duration_ms") or {}, m.get("sink_ms") or {}):
+        durations, sink = m.get("duration_ms") or {}, m.get("sink_ms") or {}
+        for source in (durations, sink):
             for name, ms in source.items():
                 phases.setdefault(name, []).append(ms)
+        if "addBatch" in durations and "total" in sink:
+            phases.setdefault("addBatch_outside_sink", []).append(durations["addBatch"] - sink["total"])
     return {name: median(values) for name, values in sorted(phases.items())}
 
 

@@ -225,10 +225,14 @@ def test_every_bad_tick_kind_is_dead_lettered_with_its_reason(spark, kafka_broke
     assert audited.count() == audited.distinct().count() > 0
     # every data batch says where its time went
     data_batches = [m for m in progress_lines(metrics) if m.get("input_rows")]
-    assert data_batches and all({"compute", "plan", "write"} <= m["sink_ms"].keys() for m in data_batches), data_batches
+    assert data_batches and all({"compute", "plan", "write", "total"} <= m["sink_ms"].keys() for m in data_batches), \
+        data_batches
     for m in data_batches:  # each write timed where it ran: Kafka with any record, the audit table with any signal
         assert ("kafka" in m["sink_ms"]) == bool(m["signals"] or m["rejected"]), m
         assert ("audit" in m["sink_ms"]) == bool(m["signals"]), m
+        # the sink's whole call holds its phases (each rounded to the ms) and lies within Spark's addBatch
+        phases = sum(m["sink_ms"][k] for k in ("compute", "plan", "write"))
+        assert phases - 2 <= m["sink_ms"]["total"] <= m["duration_ms"]["addBatch"] + 1, m
     assert processed + len(letters) == stats.produced
     rejects_metric: dict[str, int] = {}
     for m in progress_lines(metrics):

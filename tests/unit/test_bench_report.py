@@ -164,3 +164,16 @@ def test_the_state_stores_memory_is_stamped_at_each_batchs_end_on_the_monotonic_
                 {"timestamp": "2026-12-02T04:00:02.000Z", "batch_duration_ms": None, "state_memory_bytes": 9}]
     epoch = datetime(2026, 12, 2, 3, 59, 50, tzinfo=UTC).timestamp()  # the same instant as monotonic 100.0
     assert _state_memory(progress, 100.0, epoch) == [(111.5, 7), (112.0, 9)]
+
+
+def test_a_batchs_phases_are_medians_with_sparks_own_part_of_add_batch(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.spark_runs import _phases
+
+    busy = [{"duration_ms": {"addBatch": 800, "queryPlanning": 40}, "sink_ms": {"compute": 500, "total": 720}},
+            {"duration_ms": {"addBatch": 900, "queryPlanning": 44}, "sink_ms": {"compute": 560, "total": 830}},
+            {"duration_ms": {"addBatch": 700, "queryPlanning": 42}, "sink_ms": {"compute": 450}}]  # no total
+    phases = _phases(busy)
+    assert phases["addBatch"] == 800 and phases["queryPlanning"] == 42 and phases["compute"] == 500
+    assert phases["total"] == 775
+    assert phases["addBatch_outside_sink"] == 75  # (80 + 70) / 2: the batch without the sink's total is left out

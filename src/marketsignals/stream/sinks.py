@@ -214,6 +214,7 @@ class SignalSink:
             phase_ms[name] = round((now_s - clock) * 1000)
             clock = now_s
 
+        started = clock
         columns = self._columns()
         observed = columns.observed(out)
         out = materialised(observed)
@@ -246,6 +247,9 @@ class SignalSink:
             lap("write")
             if "audit" in writes:
                 self.maintenance.committed(out.sparkSession)
+            # the sink's whole call: Spark's addBatch less this is Spark's own part of it (bench/ROUNDS.md,
+            # forty-fifth round: the micro-batch's RDDs and generated code, and its plan described again)
+            phase_ms["total"] = round((time.monotonic() - started) * 1000)
             self.on_counts(batch_id, {**counts, "sink_ms": phase_ms, **self.maintenance.finished()})
         finally:
             release(out)
