@@ -208,10 +208,10 @@ class StreamSettings(_Section):
     source_tasks: int = Field(0, ge=0)
     # A live stream's batch starts as soon as this many new ticks wait, without waiting for the trigger's
     # interval, which stays the longest a batch waits; 0 (both profiles): batches start on the interval only.
-    # At a high rate the batches run back to back, at a low one as before; but Spark's batches without data
-    # are off, so after the input stops the stream settles (the watermark's last step, idle symbols'
-    # eviction) only at the next tick (stream/trigger.py; bench/ROUNDS.md, forty-fourth round). Not in
-    # event_time ordering. Above kafka.max_offsets_per_trigger, a batch starts early once that many wait.
+    # At a high rate the batches run back to back, at a low one on the interval, with one of Spark's batches
+    # without data after most of them (stream/trigger.py; bench/ROUNDS.md, forty-fourth and forty-fifth
+    # rounds). Not in event_time ordering. Above kafka.max_offsets_per_trigger, a batch starts early once
+    # that many wait.
     early_batch_ticks: int = Field(0, ge=0)
     query_name: str = "marketsignals"
     # Delta table properties the audit table gets when the sink's first write creates it (an existing

@@ -15,7 +15,7 @@ def trigger(*overrides: str):
 
 def test_without_early_batches_the_trigger_is_the_profile_s():
     live = trigger("stream.early_batch_ticks=0", "stream.trigger=processingTime=2 seconds")
-    assert (live.interval, live.read_limits, live.no_data_batches, live.early) == ("2 seconds", {}, True, False)
+    assert (live.interval, live.read_limits, live.early) == ("2 seconds", {}, False)
 
 
 @pytest.mark.parametrize(("interval", "poll", "delay"), [
@@ -25,14 +25,14 @@ def test_without_early_batches_the_trigger_is_the_profile_s():
 ])
 def test_early_batches_check_often_and_wait_at_most_the_interval(interval, poll, delay):
     live = trigger("stream.early_batch_ticks=10000", f"stream.trigger=processingTime={interval}")
-    assert live.interval == poll and live.early and not live.no_data_batches
+    assert live.interval == poll and live.early
     assert live.read_limits == {"minOffsetsPerTrigger": "10000", "maxTriggerDelay": delay}
     assert "or as soon as 10,000 ticks wait" in live.note
 
 
 def test_early_batches_are_off_where_they_cannot_help_and_the_driver_says_why():
     held = trigger("stream.early_batch_ticks=10000", "stream.ordering=event_time")
-    assert (held.interval, held.early, held.no_data_batches) == ("1 second", False, True)
+    assert (held.interval, held.early) == ("1 second", False)
     assert "event_time" in held.note
     back_to_back = trigger("stream.early_batch_ticks=10000", "stream.trigger=processingTime=0 seconds")
     assert not back_to_back.early and "leave nothing to start early" in back_to_back.note

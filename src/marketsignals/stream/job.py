@@ -40,13 +40,12 @@ from marketsignals.schema import (
     VOLUME,
 )
 from marketsignals.secrets import resolve_secrets
-from marketsignals.session import conf_while
 from marketsignals.settings import Settings, load_settings
 from marketsignals.stream import checkpoint, error_text, state
 from marketsignals.stream.metrics import MetricsListener
 from marketsignals.stream.sinks import FAST_LOG_LISTING, SignalSink, fast_log_listing
 from marketsignals.stream.source import read_ticks
-from marketsignals.stream.trigger import NO_DATA_BATCHES, live_trigger
+from marketsignals.stream.trigger import live_trigger
 from marketsignals.stream.warm_up import WarmUpStopped, warm_up
 from marketsignals.validation import parse_ticks, raw_text, with_reject_reason
 
@@ -158,11 +157,7 @@ def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListe
         writer = writer.trigger(once=True)
     else:
         writer = writer.trigger(processingTime=live.interval)
-    if live is None or live.no_data_batches:
-        return writer.start()
-    # the query's own session is a copy of this one's, made by start(): only this query runs without them
-    with conf_while(spark, NO_DATA_BATCHES, "false"):
-        return writer.start()
+    return writer.start()
 
 
 STOP_POLL_S = 0.2  # how soon after SIGTERM / Ctrl-C the query's stop starts, at the latest

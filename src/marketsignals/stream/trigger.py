@@ -11,14 +11,14 @@ thirty-ninth round). So the batch starts early only once enough ticks wait:
 - the Kafka source starts a batch once ``early_batch_ticks`` new ticks are there (its
   ``minOffsetsPerTrigger``), or the interval less half a check after the batch before began
   (``maxTriggerDelay``): on the checks' grid, the interval. Until then it reports no new data;
-- Spark's no-data batches are off for the query: otherwise, at every check that finds too few ticks
-  after a batch that moved the watermark, Spark would run a batch without data for the stateful
-  operator's timeouts (at 2,000 ticks/s, one after every batch). Every batch with ticks runs them
-  too; what the stream no longer does is settle after its input stops: the watermark's last step and
-  the eviction of the symbols it times out wait for the next tick. Hence off in both profiles.
+- Spark's batches without data stay on: after a batch that moved the watermark, the first check that
+  finds too few ticks runs one for the stateful operator's timeouts, as the 1 s trigger would at the
+  next second had no tick come. At 2,000 ticks/s that was ~0.7 of them a batch with ticks, for 2-6 %
+  more CPU and the same p99; so the stream settles after its input stops, as without early batches
+  (bench/ROUNDS.md, forty-fifth round; the forty-fourth had turned them off for the query).
 
 Not in event_time ordering: its ticks wait for the watermark (``stream.watermark_delay``) whatever the
-trigger, and releasing them needs the batches Spark runs without data.
+trigger.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from marketsignals.settings import StreamSettings, duration_ms
 
 POLL_MS = 250  # how often Spark asks Kafka for its newest offsets while a batch waits (at most)
-NO_DATA_BATCHES = "spark.sql.streaming.noDataMicroBatches.enabled"
 
 
 @dataclass(frozen=True)
@@ -42,11 +41,6 @@ class LiveTrigger:
     @property
     def early(self) -> bool:
         return bool(self.read_limits)
-
-    @property
-    def no_data_batches(self) -> bool:
-        """Spark's batches without data: off where batches start early (see the module's docstring)."""
-        return not self.early
 
 
 def live_trigger(stream: StreamSettings, most: int | None = None) -> LiveTrigger:
