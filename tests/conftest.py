@@ -44,7 +44,20 @@ def spark(base_settings):
     session = build_session(base_settings.spark, extra_conf={"spark.jars": ",".join(s3a)})
     yield session
     _close_kafka_producers(session)
+    _stop_state_stores(session)
     session.stop()
+
+
+def _stop_state_stores(session) -> None:
+    """Stop the state stores' maintenance task (SparkSession.stop leaves it scheduled: when it next runs,
+    during the JVM's exit, it logs "SparkEnv not active" at WARN with its stack, after pytest's summary)."""
+    try:
+        jvm = session.sparkContext._jvm
+        store = jvm.org.apache.spark.util.Utils.classForName(
+            "org.apache.spark.sql.execution.streaming.state.StateStore$", True, False)
+        store.getField("MODULE$").get(None).stop()
+    except Exception as exc:  # Spark internals: never fail the session's end over it
+        print(f"could not stop Spark's state store maintenance: {exc}")
 
 
 def _close_kafka_producers(session) -> None:

@@ -66,8 +66,11 @@ def test_a_batch_starts_early_once_enough_ticks_wait_and_on_the_interval_otherwi
     early, *rest = batches
     started = parse_iso_ms(early["timestamp"])
     assert early["input_rows"] >= EARLY, early
-    assert started - first < INTERVAL_S * 1000 / 2 and started - produced < INTERVAL_S * 1000 / 4, \
-        "the batch did not start as soon as enough ticks waited"
+    # batch 0 may be the session's first (slow), and the producer may hold its records back until it returns:
+    # a batch on the interval could not start before 11.875 s after batch 0 began
+    assert started - first < INTERVAL_S * 1000 * 3 / 4 and started - produced < INTERVAL_S * 1000 / 4, \
+        f"the batch did not start as soon as enough ticks waited: {started - first} ms after batch 0, " \
+        f"{started - produced} ms after the producer returned; the batches: {batches}"
     assert rest and rest[-1]["input_rows"] == EARLY // 5
     for before, batch in zip(batches, rest, strict=False):
         if batch["input_rows"] >= EARLY:  # the first's rest, when it began with exactly EARLY waiting
