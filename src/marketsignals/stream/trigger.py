@@ -13,9 +13,11 @@ thirty-ninth round). So the batch starts early only once enough ticks wait:
   (``maxTriggerDelay``): on the checks' grid, the interval. Until then it reports no new data;
 - Spark's batches without data stay on: after a batch that moved the watermark, the first check that
   finds too few ticks runs one for the stateful operator's timeouts, as the 1 s trigger would at the
-  next second had no tick come. At 2,000 ticks/s that was ~0.7 of them a batch with ticks, for 2-6 %
-  more CPU and the same p99; so the stream settles after its input stops, as without early batches
-  (bench/ROUNDS.md, forty-fifth round; the forty-fourth had turned them off for the query).
+  next second had no tick come. So the stream settles after its input stops, as without early batches.
+  The price is at low rates: at 2,000 ticks/s nearly one such batch for each with ticks, ~20 % more CPU
+  over a ten-minute soak, the same p99 and memory (bench/ROUNDS.md, forty-fifth round; the forty-fourth
+  had turned them off for the query, for 1-5 % more CPU and a stream that kept its last watermark step
+  and idle symbols until the next tick).
 
 Not in event_time ordering: its ticks wait for the watermark (``stream.watermark_delay``) whatever the
 trigger.
