@@ -43,8 +43,8 @@ def _trigger(settings: Settings) -> str:
 
 
 def _drained(line: dict, fed_epoch: float) -> bool:
-    """Whether a metrics line says the stream has read all the feed sent: an idle trigger's line (none comes
-    before Spark's noDataProgressEventInterval, 10 s, where batches wait for stream.early_batch_ticks),
+    """Whether a metrics line says the stream has read all the feed sent: a line without ticks (a batch
+    without data, or an idle trigger's, which Spark reports only every noDataProgressEventInterval, 10 s),
     or a batch begun after the feed ended that read up to the newest offsets."""
     if line["input_rows"] == 0:
         return True

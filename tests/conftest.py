@@ -43,33 +43,25 @@ def spark(base_settings):
     assert s3a, f"no S3A jars in {ROOT / '.jars' / 's3a'}: run `make jars`"
     session = build_session(base_settings.spark, extra_conf={"spark.jars": ",".join(s3a)})
     yield session
-    _close_kafka_producers(session)
-    _stop_state_stores(session)
+    # What SparkSession.stop leaves running, and which logs at WARN (with its stack) while the JVM exits,
+    # after pytest's summary: Spark's pooled Kafka producers (one JVM-wide pool) reconnecting to a broker a
+    # test stopped, and the state stores' maintenance task finding "SparkEnv not active".
+    _call_spark_object(session, "org.apache.spark.sql.kafka010.producer.InternalKafkaProducerPool$", "reset",
+                       "close Spark's Kafka producers")
+    _call_spark_object(session, "org.apache.spark.sql.execution.streaming.state.StateStore$", "stop",
+                       "stop Spark's state store maintenance")
     session.stop()
 
 
-def _stop_state_stores(session) -> None:
-    """Stop the state stores' maintenance task (SparkSession.stop leaves it scheduled: when it next runs,
-    during the JVM's exit, it logs "SparkEnv not active" at WARN with its stack, after pytest's summary)."""
+def _call_spark_object(session, name: str, method: str, what: str) -> None:
+    """Call ``method`` of the Scala object ``name`` (its class, ending in $), found by Spark's class loader
+    (spark.jars); a failure is printed, never raised: Spark internals must not fail the session's end."""
     try:
         jvm = session.sparkContext._jvm
-        store = jvm.org.apache.spark.util.Utils.classForName(
-            "org.apache.spark.sql.execution.streaming.state.StateStore$", True, False)
-        store.getField("MODULE$").get(None).stop()
-    except Exception as exc:  # Spark internals: never fail the session's end over it
-        print(f"could not stop Spark's state store maintenance: {exc}")
-
-
-def _close_kafka_producers(session) -> None:
-    """Close Spark's pooled Kafka producers (one JVM-wide pool, which SparkSession.stop leaves open): a
-    producer whose broker a test stopped otherwise logs its reconnects at WARN while the JVM exits."""
-    try:
-        jvm = session.sparkContext._jvm
-        pool = jvm.org.apache.spark.util.Utils.classForName(  # Spark's class loader: spark.jars
-            "org.apache.spark.sql.kafka010.producer.InternalKafkaProducerPool$", True, False)
-        pool.getField("MODULE$").get(None).reset()
-    except Exception as exc:  # Spark internals: never fail the session's end over it
-        print(f"could not close Spark's Kafka producers: {exc}")
+        found = jvm.org.apache.spark.util.Utils.classForName(name, True, False)
+        getattr(found.getField("MODULE$").get(None), method)()
+    except Exception as exc:
+        print(f"could not {what}: {exc}")
 
 
 @pytest.fixture(scope="session")

