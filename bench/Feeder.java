@@ -7,6 +7,10 @@
 // mode "paced":   send at <rate> records/s for <seconds> (cycling through the file), stamping every
 //                 record with the wall clock at send time: the tick's "timestamp" field and the Kafka
 //                 record timestamp are the same millisecond, so latency = signal Kafka ts - event time.
+// mode "lead":     as paced, but it starts sending at <rate> at once and counts its <seconds> from a
+//                 line on stdin: the broker and this JVM warm up on the lead while the job starts, and the
+//                 feed goes on at the same pace through the line (stdin closed before it: stop, exit 3).
+//                 What it prints is the part after the line, with lead_sent and lead_seconds.
 // Records file (big-endian): per record  byte topic, byte isoTimestamp, short keyLen, key,
 //                            int prefixLen, prefix, int suffixLen, suffix, long eventMs.
 // Prints one JSON line with what it sent.
@@ -52,7 +56,7 @@ public class Feeder {
         Properties p = new Properties();
         p.put("bootstrap.servers", bootstrap);
         p.put("acks", "1");
-        p.put("linger.ms", mode.equals("paced") ? "2" : "20");
+        p.put("linger.ms", mode.equals("preload") ? "20" : "2");
         p.put("batch.size", String.valueOf(512 * 1024));
         p.put("buffer.memory", String.valueOf(256L * 1024 * 1024));
         p.put("compression.type", "none");  // kafka-python (the simple consumer) has no lz4 codec installed
@@ -60,6 +64,22 @@ public class Feeder {
         Callback cb = (md, e) -> { if (e != null) errors.incrementAndGet(); };
         long sent = 0, maxBehindMs = 0;
         long t0 = System.nanoTime();
+        boolean lead = mode.equals("lead");
+        // lead: nanoTime of the line on stdin (0 until then, -1 if stdin closed first)
+        AtomicLong goNs = new AtomicLong(lead ? 0 : t0);
+        if (lead) {
+            Thread reader = new Thread(() -> {
+                try {
+                    String line = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.US_ASCII)).readLine();
+                    goNs.compareAndSet(0, line == null ? -1 : System.nanoTime());
+                } catch (IOException e) {
+                    goNs.compareAndSet(0, -1);
+                }
+            });
+            reader.setDaemon(true);
+            reader.start();
+        }
+        long leadSent = 0, leadNs = 0;
         try (KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(p, new ByteArraySerializer(), new ByteArraySerializer())) {
             if (mode.equals("preload")) {
                 for (Rec r : recs) {
@@ -67,11 +87,18 @@ public class Feeder {
                     sent++;
                 }
             } else {
-                long total = (long) (rate * seconds);
+                long total = lead ? Long.MAX_VALUE : (long) (rate * seconds);
                 int n = recs.size();
                 while (sent < total) {
-                    long elapsedNs = System.nanoTime() - t0;
-                    long due = Math.min(total, (long) (elapsedNs / 1e9 * rate));
+                    long now = System.nanoTime();
+                    if (lead && total == Long.MAX_VALUE && goNs.get() != 0) {
+                        if (goNs.get() < 0) break;  // stdin closed before the line: the caller went away
+                        leadNs = goNs.get() - t0;
+                        leadSent = Math.min(sent, (long) (leadNs / 1e9 * rate));  // what was due by the line
+                        total = leadSent + (long) (rate * seconds);
+                        maxBehindMs = 0;
+                    }
+                    long due = Math.min(total, (long) ((now - t0) / 1e9 * rate));
                     if (due - sent > 0) {
                         long behindMs = (long) ((due - sent) / rate * 1000);
                         maxBehindMs = Math.max(maxBehindMs, behindMs);
@@ -87,8 +114,13 @@ public class Feeder {
             }
             producer.flush();
         }
-        double secs = (System.nanoTime() - t0) / 1e9;
-        System.out.printf(Locale.ROOT, "{\"sent\": %d, \"seconds\": %.3f, \"rate\": %.1f, \"errors\": %d, \"max_behind_ms\": %d}%n",
-                          sent, secs, sent / secs, errors.get(), maxBehindMs);
+        if (lead && goNs.get() < 0) {
+            System.err.println("feeder: stdin closed before the line that starts the measured feed");
+            System.exit(3);
+        }
+        double secs = (System.nanoTime() - t0 - leadNs) / 1e9;
+        System.out.printf(Locale.ROOT, "{\"sent\": %d, \"seconds\": %.3f, \"rate\": %.1f, \"errors\": %d, \"max_behind_ms\": %d, "
+                          + "\"lead_sent\": %d, \"lead_seconds\": %.3f}%n",
+                          sent - leadSent, secs, (sent - leadSent) / secs, errors.get(), maxBehindMs, leadSent, leadNs / 1e9);
     }
 }

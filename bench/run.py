@@ -107,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jfr", action="store_true",
                    help="record a JFR CPU profile of (a), (b) and (e)'s JVM and summarise it (bench/jfr.py)")
     p.add_argument("--skip", default="", help="comma list of a,b,c,d,e")
-    p.add_argument("--feed-before", action="store_true",
-                   help="(d) and the soak: the feeder runs while the job starts too (its warm-up), as when a job "
-                        "(re)starts while ticks flow; the job, at latest, reads those from its first batch on")
+    p.add_argument("--cold-feed", action="store_true",
+                   help="(d) and the soak: the feeder starts after the job's first batch, on empty topics, so the "
+                        "broker and the feeder warm up during the measured feed (by default the feed runs at its "
+                        "rate while the job starts, as when a job (re)starts while ticks flow)")
     p.add_argument("--bootstrap", help="use this broker instead of starting one")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra settings for (b),(d),(e)")
     p.add_argument("--code", help="run (a),(b),(d),(e) on another checkout's src/ and conf/ (a baseline)")
@@ -219,7 +220,7 @@ def latency_run(broker: BenchBroker, base: str, rate: float, seconds: float, arg
     # through kafka-python, a second per 5,000 ticks fed (a 20-minute soak at 20,000 ticks/s outran a fixed 900 s)
     result = spark_run("latency", {"bootstrap": broker.bootstrap, "work": str(work / prefix), "overrides": overrides,
                                    "rate": rate, "seconds": seconds, "records": str(records), "catch_up_s": 120,
-                                   "feed_before": args.feed_before},
+                                   "cold_feed": args.cold_feed},
                        timeout=seconds + 900 + rate * seconds / 5_000, interval=interval, nmt_every=nmt_every)
     records.unlink(missing_ok=True)
     return result

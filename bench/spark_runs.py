@@ -139,16 +139,20 @@ def product(settings: Settings, work: Path) -> dict:
 
 
 def latency(settings: Settings, work: Path, rate: float, seconds: float, records: str, catch_up_s: float,
-            feed_before: bool = False) -> dict:
-    """(d) the job on its default trigger while the feeder sends ``rate`` ticks/s for ``seconds`` (with
-    ``feed_before``, at that rate while the job starts too)."""
-    from bench.workload import start_feeder, wait_feeder
+            cold_feed: bool = False) -> dict:
+    """(d) the job on its default trigger while the feeder sends ``rate`` ticks/s. The feeder starts
+    before the job and sends at that rate while the job starts (its warm-up reads those ticks), as when a
+    job (re)starts while ticks flow; its measured ``seconds`` start at the stream's first batch, the pace
+    unchanged. The broker and the feeder are JVMs on the job's two cores: started with the measured feed,
+    they took 1-1.5 cores of the feed's first 10-20 s (bench/ROUNDS.md, forty-sixth round). ``cold_feed``:
+    the feeder starts after the stream's first batch instead, on empty topics (until that round, always)."""
+    from bench.workload import start_feeder, start_measured_feed, wait_feeder
     from marketsignals.stream.job import start_stream
 
     spark = _session(settings)
     listener = MetricsListener(settings.stream.metrics_path)
-    early = (start_feeder(settings.kafka.bootstrap_servers, Path(records), settings.kafka.tick_topics, rate, 3600)
-             if feed_before else None)
+    bootstrap, topics = settings.kafka.bootstrap_servers, settings.kafka.tick_topics
+    feeder = None if cold_feed else start_feeder(bootstrap, Path(records), topics, rate, seconds, lead=True)
     try:
         starting = time.monotonic()
         query = start_stream(spark, settings, listener=listener)  # the warm-up, then the query's start
@@ -156,12 +160,16 @@ def latency(settings: Settings, work: Path, rate: float, seconds: float, records
         deadline = time.monotonic() + 300
         while query.isActive and query.lastProgress is None and time.monotonic() < deadline:
             time.sleep(0.2)  # the first batch fixes the starting offsets at "latest"
-    finally:
-        if early is not None:  # its ticks after those offsets are the job's first; the measured feed goes on
-            early.terminate()
-            early.wait()
-    feed_from, feed_from_epoch = time.monotonic(), time.time()
-    feeder = start_feeder(settings.kafka.bootstrap_servers, Path(records), settings.kafka.tick_topics, rate, seconds)
+        feed_from, feed_from_epoch = time.monotonic(), time.time()
+        if feeder is None:
+            feeder = start_feeder(bootstrap, Path(records), topics, rate, seconds)
+        else:
+            start_measured_feed(feeder)
+    except BaseException:
+        if feeder is not None:
+            feeder.kill()
+            feeder.wait()
+        raise
     fed = wait_feeder(feeder)
     fed_at, fed_epoch = time.monotonic(), time.time()
     # let the job drain what is left (bounded): the lag after the feed stops says if it kept up
@@ -175,7 +183,7 @@ def latency(settings: Settings, work: Path, rate: float, seconds: float, records
     listener.terminated.wait(30)
     progress = _progress(Path(settings.stream.metrics_path))
     consumed = sum(m["input_rows"] for m in progress)
-    lat = signal_latencies(settings)
+    lat = signal_latencies(settings, since_ms=feed_from_epoch * 1000)
     busy = [m for m in progress if m["input_rows"] > 0]
     lags = [max(m["kafka_lag"].values(), default=0.0) for m in busy if m.get("kafka_lag")]
     half = lags[len(lags) // 2:] if lags else []
@@ -211,10 +219,11 @@ def _state_memory(progress: list[dict], mono: float, epoch: float) -> list[tuple
     return out
 
 
-def signal_latencies(settings: Settings, idle_s: float = 30.0) -> dict:
+def signal_latencies(settings: Settings, idle_s: float = 30.0, since_ms: float = 0.0) -> dict:
     """Kafka timestamp of each signal minus its tick's event time (the Feeder stamps the tick's
-    event time and its Kafka timestamp with the same millisecond). Reads the signals topic from its
-    start to the end offsets it has now, in polls of up to 50,000 records without CRC checks (the
+    event time and its Kafka timestamp with the same millisecond), for the ticks sent from ``since_ms``
+    on (a leading feeder's ticks before its measured feed are not counted). Reads the signals topic from
+    its start to the end offsets it has now, in polls of up to 50,000 records without CRC checks (the
     broker is local): 600,000 signals in 6.1-6.5 s here, against 28.4-29.3 s through kafka-python's
     record-at-a-time iterator, which a 21-minute soak at 20,000 ticks/s outran (bench/ROUNDS.md,
     fortieth round). Gives up after ``idle_s`` without a record."""
@@ -236,6 +245,8 @@ def signal_latencies(settings: Settings, idle_s: float = 30.0) -> dict:
                 last_record = time.monotonic()
                 for msg in records:
                     event_ms = parse_iso_ms(json.loads(msg.value)["event_time"])
+                    if event_ms < since_ms:
+                        continue
                     lat.append(msg.timestamp - event_ms)
                     events.append(event_ms)
     finally:
@@ -285,7 +296,7 @@ def main(argv: list[str]) -> int:
         result = product(settings, work)
     elif scenario == "latency":
         result = latency(settings, work, args["rate"], args["seconds"], args["records"], args.get("catch_up_s", 60),
-                         args.get("feed_before", False))
+                         args.get("cold_feed", False))
     else:
         raise SystemExit(f"unknown scenario {scenario}")
     print("BENCH-RESULT " + json.dumps(result), flush=True)

@@ -116,9 +116,19 @@ def run_feeder(bootstrap: str, records: Path, topics: list[str], mode: str, rate
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def start_feeder(bootstrap: str, records: Path, topics: list[str], rate: float, seconds: float) -> subprocess.Popen:
-    return subprocess.Popen(feeder_command(bootstrap, records, topics, "paced", rate, seconds),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_feeder(bootstrap: str, records: Path, topics: list[str], rate: float, seconds: float,
+                 lead: bool = False) -> subprocess.Popen:
+    """The feeder at ``rate`` for ``seconds``; with ``lead``, it sends at that rate from now on and counts
+    its ``seconds`` from :func:`start_measured_feed` (Feeder.java's mode "lead")."""
+    return subprocess.Popen(feeder_command(bootstrap, records, topics, "lead" if lead else "paced", rate, seconds),
+                            stdin=subprocess.PIPE if lead else None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def start_measured_feed(proc: subprocess.Popen) -> None:
+    """A leading feeder's measured ``seconds`` start now (its pace goes on unchanged)."""
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
 
 
 def wait_feeder(proc: subprocess.Popen, timeout: float | None = None) -> dict:

@@ -20,7 +20,7 @@ def test_bench_harness_writes_its_json_table_and_chart(kafka_broker, tmp_path, c
     code = run.main(["--bootstrap", kafka_broker.bootstrap, "--ticks", "3000", "--symbols", "20",
                      "--scale-symbols", "200", "--rates", "300", "--rate-seconds", "4", "--partitions", "1",
                      "--set", "spark.conf.spark.sql.execution.arrow.maxRecordsPerBatch=5000",
-                     "--jfr", "--feed-before", "--out", str(tmp_path)])
+                     "--jfr", "--out", str(tmp_path)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "(b) product" in printed and "b/a =" in printed and "feed rate" in printed
@@ -32,6 +32,9 @@ def test_bench_harness_writes_its_json_table_and_chart(kafka_broker, tmp_path, c
         assert runs[name]["ticks"] > 0
     assert runs["e_scale"]["state_symbols"] == 200 and "200 symbols in" in printed  # read back from the checkpoint
     assert runs["d_latency_300"]["signals"] > 0 and "p99_ms" in runs["d_latency_300"]  # read back from Kafka
+    # the feeder ran at the rate while the job started, and its measured seconds began at the first batch
+    feeder = runs["d_latency_300"]["feeder"]
+    assert feeder["lead_sent"] > 0 and feeder["lead_seconds"] > 0 and feeder["sent"] == 300 * 4, feeder
     start, end = runs["d_latency_300"]["feed_window_s"]  # the soak's memory slope is taken inside it
     assert 0 < start < end
     # RocksDB's own count at each batch's end, on the same clock: the feed starts once the first batch is done
@@ -45,3 +48,16 @@ def test_bench_harness_writes_its_json_table_and_chart(kafka_broker, tmp_path, c
         assert "error" not in profile and profile["task_samples"] > 0, profile
         assert f"JVM profile of {name}:" in printed
     assert any(stage.startswith("shuffle map") for stage in runs["b_product"]["jfr"]["stages"])
+
+
+def test_a_leading_feeder_whose_caller_goes_away_stops(kafka_broker, tmp_path, monkeypatch):
+    """Feeder.java's mode "lead" sends until its caller's line; stdin closed before it (the bench died)
+    ends it with exit code 3 instead of a feed that never stops."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.workload import Workload, start_feeder, write_records
+
+    topics = kafka_broker.isolated("lead-feeder").kafka.tick_topics
+    records = write_records(Workload(ticks=100, symbols=5), topics, tmp_path / "records.bin")
+    proc = start_feeder(kafka_broker.bootstrap, records, topics, rate=100, seconds=1, lead=True)
+    _, err = proc.communicate(timeout=120)  # closes its stdin without a line
+    assert proc.returncode == 3 and "stdin closed before" in err, (proc.returncode, err[-2000:])
