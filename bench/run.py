@@ -56,6 +56,9 @@ def _run(cmd: list[str], timeout: float, interval: float = 1.0, nmt_every: float
         return {"error": f"exit {proc.returncode}: {tail}", **usage}
     result = json.loads(lines[-1][len("BENCH-RESULT "):])
     result.update(usage)
+    said = [line for line in out.splitlines() if line.startswith("marketsignals stream: ")]
+    if said:  # what the job printed as it started (its warm-up's line: how long it took)
+        result["job_said"] = said
     if interval >= 2:
         result["rss_series"] = sampler.series
     if sampler.nmt_series:
