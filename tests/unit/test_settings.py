@@ -132,7 +132,7 @@ def test_the_profiles_leave_the_audit_tables_upkeep_to_the_sink(profile):
 
 @pytest.mark.parametrize(("profile", "ticks"), [("local", 100_000), ("emr", 20_000)])
 def test_the_profiles_warm_a_live_stream_up(profile, ticks):
-    # the local profile's C2 waits for 50,000 calls of a method (its -XX:Tier4 options): 5 times the ticks
+    # the local profile's C2 compiles a method after 50,000 calls (its -XX:Tier4 options), C2 on EMR after 5,000
     assert load_settings(profile, [], env={}).stream.warm_up_ticks == ticks
 
 
