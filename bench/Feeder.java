@@ -65,8 +65,8 @@ public class Feeder {
         long sent = 0, maxBehindMs = 0;
         long t0 = System.nanoTime();
         boolean lead = mode.equals("lead");
-        // lead: nanoTime of the line on stdin (0 until then, -1 if stdin closed first)
-        AtomicLong goNs = new AtomicLong(lead ? 0 : t0);
+        // lead: nanoTime of the line on stdin (0 until then, -1 if stdin closed first); unused when paced
+        AtomicLong goNs = new AtomicLong();
         if (lead) {
             Thread reader = new Thread(() -> {
                 try {
@@ -91,9 +91,10 @@ public class Feeder {
                 int n = recs.size();
                 while (sent < total) {
                     long now = System.nanoTime();
-                    if (lead && total == Long.MAX_VALUE && goNs.get() != 0) {
-                        if (goNs.get() < 0) break;  // stdin closed before the line: the caller went away
-                        leadNs = goNs.get() - t0;
+                    long go = goNs.get();
+                    if (lead && total == Long.MAX_VALUE && go != 0) {
+                        if (go < 0) break;  // stdin closed before the line: the caller went away
+                        leadNs = go - t0;
                         leadSent = Math.min(sent, (long) (leadNs / 1e9 * rate));  // what was due by the line
                         total = leadSent + (long) (rate * seconds);
                         maxBehindMs = 0;
