@@ -74,6 +74,8 @@ def table(results: dict) -> str:
         triggers = sorted({v["trigger"] for v in lat if v.get("trigger")})
         lines.append(f"highest sustained rate tried: {_fmt(best)} ticks/s"
                      + (f" (trigger {', '.join(triggers)})" if triggers else ""))
+    for key in sorted(k for k in runs if k.startswith("restart_")):
+        lines += ["", *restart_lines(runs[key])]
     soak = runs.get("soak")
     if soak and (line := minute_line(soak)):
         lines += ["", f"the soak at {_fmt(soak.get('rate'))} ticks/s: {line}"]
@@ -91,6 +93,27 @@ def table(results: dict) -> str:
                  f"{load.get('load_avg_end', [0])[0]:.1f} on {load['cpus']} CPUs: wall rates drop under contention, "
                  f"ticks per CPU second less so)")
     return "\n".join(lines)
+
+
+def restart_lines(run: dict) -> list[str]:
+    """The restart run: its timeline in seconds from the stop, and the latency window by window."""
+    first, resume = run.get("first", {}), run.get("resume", {})
+    failed = first.get("error") or resume.get("error")
+    head = f"restart at {_fmt(run.get('rate'))} ticks/s"
+    if failed:
+        return [f"{head}: failed: {failed.splitlines()[0][:80]}"]
+    lines = [f"{head} (seconds from the stop): stopped in {first['stop_s']:.1f}, process "
+             f"{resume['process_started_at_s']}, query {resume['query_started_at_s']} (warm-up and start "
+             f"{resume['warm_up_and_start_s']}), first batch "
+             f"{resume['first_batch_at_s']} ({_fmt(resume['first_batch_ticks'])} ticks in "
+             f"{_fmt(resume['first_batch_ms'])} ms), caught up {_fmt(resume.get('caught_up_at_s'), '.1f')}, "
+             f"back at steady latency {_fmt(resume.get('recovered_at_s'), '.1f')} after {_fmt(resume['backlog_ticks'])}"
+             f" ticks; worst latency {_fmt(resume['max_ms'])} ms, steady p99 {_fmt(resume['steady_p99_ms'])} ms, "
+             f"{_fmt(resume['repeated_signals'])} signals sent twice"]
+    windows = resume.get("windows") or []
+    lines.append("  p99 ms by 10 s of emission from the stop: " + ", ".join(
+        f"{w['from_s']}: {_fmt(w['p99_ms'])}" for w in windows if w["from_s"] >= -20))
+    return lines
 
 
 def minute_line(run: dict) -> str | None:

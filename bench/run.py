@@ -5,6 +5,8 @@
     (c) simple    one Python process: kafka-python + orjson + SPEC §2-3 per symbol
     (d) latency   the job on its default trigger, the feed at fixed rates, emission=every
     (e) scale     (b) with --scale-symbols symbols; state size; peak RSS of the JVM and Python workers
+    restart       (--restart-after) the job of (d) stopped and started again from its checkpoint while the
+                  feed goes on: how long until its signals are back at their steady latency
 
 Prints a table (with b/a and b/c), writes bench/results/<timestamp>.json and .png. A benchmark, not a
 test: it reports, it never fails on a number. Every scenario runs in its own process (fresh JVM).
@@ -17,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +27,7 @@ from pathlib import Path
 from bench import jfr
 from bench.env import WORK, BenchBroker
 from bench.procs import NMT_OPTION, Sampler
-from bench.workload import ROOT, Workload, run_feeder, write_records
+from bench.workload import ROOT, Workload, run_feeder, start_feeder, start_measured_feed, wait_feeder, write_records
 
 RESULTS = Path(__file__).with_name("results")
 PROFILED = {"a_ceiling": "a", "b_product": "b", "e_scale": "e"}  # the runs --jfr records, by work folder
@@ -103,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-offsets", type=int, default=None, help="maxOffsetsPerTrigger; default: conf")
     p.add_argument("--rates", default="5000,20000,50000", help="(d) feed rates, ticks/s; '' skips (d)")
     p.add_argument("--rate-seconds", type=float, default=60.0)
+    p.add_argument("--restart-after", type=float, default=0.0,
+                   help="restart: stop the job after this many seconds of feed at --restart-rate and start it "
+                        "again from its checkpoint in a new process, the feed going on (0: skip)")
+    p.add_argument("--restart-rate", type=float, default=20000.0)
+    p.add_argument("--restart-seconds", type=float, default=180.0,
+                   help="restart: the feed's seconds after the stop (the restart, the catch-up, then steady)")
     p.add_argument("--soak-seconds", type=float, default=0.0, help="memory over time at --soak-rate (0: skip)")
     p.add_argument("--soak-rate", type=float, default=5000.0)
     p.add_argument("--nmt", action="store_true",
@@ -183,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         for rate in rates:
             log(f"(d) latency at {rate:,.0f} ticks/s for {args.rate_seconds:.0f}s")
             runs[f"d_latency_{int(rate)}"] = latency_run(broker, base, rate, args.rate_seconds, args, extra, work)
+        if args.restart_after > 0:
+            log(f"restart at {args.restart_rate:,.0f} ticks/s after {args.restart_after:.0f}s, "
+                f"then {args.restart_seconds:.0f}s of feed")
+            runs[f"restart_{int(args.restart_rate)}"] = restart_run(broker, base, args, extra, work)
         if args.soak_seconds > 0:
             log(f"memory soak at {args.soak_rate:,.0f} ticks/s for {args.soak_seconds:.0f}s")
             runs["soak"] = latency_run(broker, base + "-soak", args.soak_rate, args.soak_seconds, args, extra, work,
@@ -227,6 +240,53 @@ def latency_run(broker: BenchBroker, base: str, rate: float, seconds: float, arg
                        timeout=seconds + 900 + rate * seconds / 5_000, interval=interval, nmt_every=nmt_every)
     records.unlink(missing_ok=True)
     return result
+
+
+def restart_run(broker: BenchBroker, base: str, args, extra: list[str], work: Path) -> dict:
+    """The job of (d) at ``--restart-rate``: phase "first" starts while the feed runs and stops after
+    ``--restart-after`` s; a new process (phase "resume") starts it again from the same checkpoint while
+    the feed goes on for ``--restart-seconds`` (bench/spark_runs.py: restart_first, restart_resume)."""
+    rate = args.restart_rate
+    prefix = f"{base}-restart-r{int(rate)}"
+    settings = broker.topics(prefix, args.partitions)
+    records = write_records(Workload(int(max(rate * 20, 50_000)), args.symbols), settings.kafka.tick_topics,
+                            work / f"{prefix}.bin")
+    fed_file = work / f"{prefix}.fed.json"
+    common = {"bootstrap": broker.bootstrap, "work": str(work / prefix)}
+    overrides = [*topic_overrides(prefix, args.partitions), "kafka.starting_offsets=latest", "stream.emission=every",
+                 *extra]
+    timeout = 900 + args.restart_after + args.restart_seconds * (1 + rate / 5_000)
+    # the feed at its rate from now on, through both processes; its measured seconds start at the stop
+    feeder = start_feeder(broker.bootstrap, records, settings.kafka.tick_topics, rate, args.restart_seconds, lead=True)
+    waiter = None
+    try:
+        first = spark_run("restart", {**common, "phase": "first", "run_s": args.restart_after, "overrides": [
+            *overrides, f"stream.metrics_path={work / prefix}/metrics-first.jsonl"]}, timeout)
+        if "error" in first:
+            return {"rate": rate, "first": first}
+        start_measured_feed(feeder)
+
+        def fed() -> None:  # phase "resume" reads until this file says the feed has ended
+            try:
+                summary = wait_feeder(feeder)
+            except RuntimeError as exc:  # killed below, after a failed resume
+                summary = {"error": str(exc)}
+            fed_file.write_text(json.dumps(summary))
+
+        waiter = threading.Thread(target=fed, daemon=True)
+        waiter.start()
+        resume = spark_run("restart", {**common, "phase": "resume", "rate": rate, "fed_file": str(fed_file),
+                                       "since_ms": first["first_batch_epoch"] * 1000,
+                                       "stop_ms": first["stop_epoch"] * 1000, "overrides": [
+                                           *overrides, f"stream.metrics_path={work / prefix}/metrics-resume.jsonl"]},
+                           timeout)
+        return {"rate": rate, "first": first, "resume": resume}
+    finally:
+        if feeder.poll() is None and (waiter is None or not fed_file.exists()):
+            feeder.kill()
+        if waiter is not None:
+            waiter.join(30)
+        records.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

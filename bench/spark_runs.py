@@ -4,6 +4,8 @@ gets a fresh JVM and its memory is measured alone. Prints one JSON line: the res
     ceiling  Spark Kafka source -> from_json -> noop sink, availableNow            (a)
     product  the streaming job's own code path (start_stream), availableNow      (b), (e)
     latency  the job on its default trigger while bench/Feeder.java sends at a fixed rate  (d)
+    restart  (d) stopped and started again from its checkpoint while the feed goes on: two processes,
+             phase "first" (runs, then stops) and phase "resume" (the restart, until the feed is drained)
 """
 
 from __future__ import annotations
@@ -157,9 +159,7 @@ def latency(settings: Settings, work: Path, rate: float, seconds: float, records
         starting = time.monotonic()
         query = start_stream(spark, settings, listener=listener)  # the warm-up, then the query's start
         start_s = time.monotonic() - starting
-        deadline = time.monotonic() + 300
-        while query.isActive and query.lastProgress is None and time.monotonic() < deadline:
-            time.sleep(0.2)  # the first batch fixes the starting offsets at "latest"
+        _first_batch(query)  # it fixes the starting offsets at "latest"
         feed_from, feed_from_epoch = time.monotonic(), time.time()
         if feeder is None:
             feeder = start_feeder(bootstrap, Path(records), topics, rate, seconds)
@@ -219,21 +219,157 @@ def _state_memory(progress: list[dict], mono: float, epoch: float) -> list[tuple
     return out
 
 
+def _first_batch(query, timeout_s: float = 300.0) -> float:
+    """Wait for the query's first progress (its first batch fixes the starting offsets); its epoch s."""
+    deadline = time.monotonic() + timeout_s
+    while query.isActive and query.lastProgress is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return time.time()
+
+
+def restart_first(settings: Settings, work: Path, run_s: float) -> dict:
+    """(restart) phase "first": the job starts while the feed runs (bench.run started it), reads for
+    ``run_s`` seconds from its first batch, and stops as a redeploy or a ``yarn application -kill``'s
+    SIGTERM stops it (``query.stop()``, the process ends). Its checkpoint and audit table stay for phase
+    "resume"."""
+    from marketsignals.stream.job import start_stream
+
+    spark = _session(settings)
+    listener = MetricsListener(settings.stream.metrics_path)
+    starting = time.monotonic()
+    query = start_stream(spark, settings, listener=listener)
+    start_s = time.monotonic() - starting
+    first_epoch = _first_batch(query)
+    time.sleep(max(0.0, first_epoch + run_s - time.time()))
+    stop_epoch = time.time()
+    query.stop()
+    stop_s = time.time() - stop_epoch
+    listener.terminated.wait(30)
+    if query.exception() is not None:
+        raise RuntimeError(str(query.exception()))
+    busy = [m for m in _progress(Path(settings.stream.metrics_path)) if m["input_rows"] > 0]
+    return {"start_s": round(start_s, 1), "first_batch_epoch": first_epoch, "stop_epoch": stop_epoch,
+            "stop_s": round(stop_s, 2), "batches": len(busy), "consumed": sum(m["input_rows"] for m in busy),
+            "batch_ms_median": median([m["batch_duration_ms"] for m in busy]) if busy else None}
+
+
+def restart_resume(settings: Settings, work: Path, rate: float, fed_file: str, since_ms: float, stop_ms: float,
+                   began_epoch: float, catch_up_s: float, window_s: float = 10.0) -> dict:
+    """(restart) phase "resume": a new process starts the job again from phase "first"'s checkpoint while
+    the feed goes on, reads until the feed has ended (bench.run writes the feeder's summary to
+    ``fed_file`` then) and the stream has drained it, and reports the restart, ``stop_ms`` being when
+    phase "first" began to stop:
+
+    - when the process started, when the query started (the warm-up before it), when its first batch
+      began, and that batch's ticks and duration (the backlog it found, up to maxOffsetsPerTrigger);
+    - ``caught_up_at_s``: the start of the first batch that found at most a second of the feed behind it
+      in any partition it reads (Kafka's ``maxOffsetsBehindLatest``);
+    - ``recovered_at_s``: when signals went back to the stream's steady latency -- the emission time of
+      the first signal after the restart within twice the p99 of the ticks fed in the last third of the
+      feed after the stop (well after the restart, with a feed long enough) -- and ``backlog_ticks``, the
+      ticks of the batches begun before it;
+    - the signals' latency in ``window_s`` windows of their emission time from ``stop_ms``, and the
+      signals sent again (the sink is at-least-once; repeats are left out of the latencies)."""
+    from marketsignals.stream.job import start_stream
+
+    spark = _session(settings)
+    listener = MetricsListener(settings.stream.metrics_path)
+    starting = time.time()
+    query = start_stream(spark, settings, listener=listener)
+    query_epoch = time.time()
+    _first_batch(query)
+    fed_path, deadline = Path(fed_file), time.monotonic() + 3600
+    while query.isActive and not fed_path.exists() and time.monotonic() < deadline:
+        time.sleep(1.0)
+    fed = json.loads(fed_path.read_text()) if fed_path.exists() else {}
+    fed_epoch, fed_at = time.time(), time.monotonic()
+    while query.isActive and time.monotonic() - fed_at < catch_up_s:
+        lines = _progress(Path(settings.stream.metrics_path))
+        if lines and _drained(lines[-1], fed_epoch):
+            break
+        time.sleep(1.0)
+    drained_s = time.monotonic() - fed_at
+    query.stop()
+    listener.terminated.wait(30)
+    if query.exception() is not None:
+        raise RuntimeError(str(query.exception()))
+    busy = [m for m in _progress(Path(settings.stream.metrics_path)) if m["input_rows"] > 0]
+    repeats: list[int] = []
+    records = signal_records(settings, since_ms=since_ms, repeats=repeats)
+    partitions = len(settings.kafka.tick_topics) * settings.kafka.partitions
+    return {"rate": rate, "feeder": fed, "drain_s": round(drained_s, 1), "stop_ms": stop_ms,
+            "repeated_signals": repeats[0], "batches": len(busy),
+            "process_started_at_s": round(began_epoch - stop_ms / 1000, 1),
+            "query_started_at_s": round(query_epoch - stop_ms / 1000, 1),
+            "warm_up_and_start_s": round(query_epoch - starting, 1),
+            **restart_summary(busy, *records, stop_ms=stop_ms, rate=rate, partitions=partitions, window_s=window_s)}
+
+
+def restart_summary(busy: list[dict], latency_ms: list[float], event_ms: list[float], emitted_ms: list[float],
+                    stop_ms: float, rate: float, partitions: int, window_s: float = 10.0) -> dict:
+    """:func:`restart_resume`'s account of the restart from its data batches' metrics lines (``busy``) and
+    the signals' (latency, event time, emission time) since before the stop; see there."""
+    import numpy as np
+
+    lat, events, emitted = (np.array(v, dtype=float) for v in (latency_ms, event_ms, emitted_ms))
+    if not busy or not len(lat):
+        return {"error": "no batch with data or no signal after the restart"}
+
+    def at_s(ms: float) -> float:
+        return round((ms - stop_ms) / 1000, 1)
+
+    first = busy[0]
+    out: dict = {"first_batch_at_s": at_s(parse_iso_ms(first["timestamp"])), "first_batch_ticks": first["input_rows"],
+                 "first_batch_ms": first["batch_duration_ms"],
+                 "batch_ms_max": max(m["batch_duration_ms"] for m in busy)}
+    # a batch replayed after the stop (its offsets were logged before it) reports no lag: not one that found it
+    caught = next((m for m in busy if m.get("kafka_lag") and max(m["kafka_lag"].values()) <= rate / partitions),
+                  None)
+    out["caught_up_at_s"] = at_s(parse_iso_ms(caught["timestamp"])) if caught else None
+    steady = lat[events >= stop_ms + (events.max() - stop_ms) * 2 / 3]
+    bound = 2 * float(np.percentile(steady, 99)) if len(steady) else float("inf")
+    back = emitted[(emitted >= parse_iso_ms(first["timestamp"])) & (lat <= bound)]
+    recovered_ms = float(back.min()) if len(back) else None
+    out.update({"steady_p99_ms": round(bound / 2, 1),
+                "recovered_at_s": at_s(recovered_ms) if recovered_ms is not None else None,
+                "backlog_ticks": sum(m["input_rows"] for m in busy
+                                     if recovered_ms is not None and parse_iso_ms(m["timestamp"]) < recovered_ms),
+                "max_ms": round(float(lat.max()), 1)})
+    window = ((emitted - stop_ms) // (window_s * 1000)).astype(int)
+    out["windows"] = [{"from_s": int(w * window_s), "signals": int((window == w).sum()),
+                       **{f"p{q}_ms": round(float(np.percentile(lat[window == w], q)), 1) for q in (50, 99)},
+                       "max_ms": round(float(lat[window == w].max()), 1)} for w in np.unique(window)]
+    return out
+
+
 def signal_latencies(settings: Settings, idle_s: float = 30.0, since_ms: float = 0.0) -> dict:
+    """Percentiles of :func:`signal_records`' latencies (:func:`latency_summary`)."""
+    latency_ms, event_ms, _ = signal_records(settings, idle_s, since_ms)
+    return latency_summary(latency_ms, event_ms)
+
+
+def signal_records(settings: Settings, idle_s: float = 30.0, since_ms: float = 0.0,
+                   repeats: list[int] | None = None) -> tuple[list[float], list[float], list[float]]:
     """Kafka timestamp of each signal minus its tick's event time (the Feeder stamps the tick's
     event time and its Kafka timestamp with the same millisecond), for the ticks sent from ``since_ms``
-    on (a leading feeder's ticks before its measured feed are not counted). Reads the signals topic from
+    on (a leading feeder's ticks before its measured feed are not counted): (latencies, event times,
+    the signals' Kafka timestamps), in ms. Reads the signals topic from
     its start to the end offsets it has now, in polls of up to 50,000 records without CRC checks (the
     broker is local): 600,000 signals in 6.1-6.5 s here, against 28.4-29.3 s through kafka-python's
     record-at-a-time iterator, which a 21-minute soak at 20,000 ticks/s outran (bench/ROUNDS.md,
-    fortieth round). Gives up after ``idle_s`` without a record."""
+    fortieth round). Gives up after ``idle_s`` without a record. With ``repeats`` (a list), a signal
+    whose ``signal_id`` came before (the Kafka sink is at-least-once: a batch replayed after a stop
+    sends its signals again) is left out, as consumers drop it, and counted in ``repeats[0]``."""
     from kafka import TopicPartition
 
     from marketsignals import kafka_client
 
     topic = settings.kafka.signals_topic
     consumer = kafka_client.consumer(settings.kafka, check_crcs=False, max_partition_fetch_bytes=8 * 2**20)
-    lat, events = [], []
+    lat, events, emitted = [], [], []
+    seen: set[str] = set()
+    if repeats is not None:
+        repeats[:] = [0]
     try:
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(parts)
@@ -244,14 +380,21 @@ def signal_latencies(settings: Settings, idle_s: float = 30.0, since_ms: float =
             for records in consumer.poll(timeout_ms=1000, max_records=50_000).values():
                 last_record = time.monotonic()
                 for msg in records:
-                    event_ms = parse_iso_ms(json.loads(msg.value)["event_time"])
+                    signal = json.loads(msg.value)
+                    event_ms = parse_iso_ms(signal["event_time"])
                     if event_ms < since_ms:
                         continue
+                    if repeats is not None:
+                        if signal["signal_id"] in seen:
+                            repeats[0] += 1
+                            continue
+                        seen.add(signal["signal_id"])
                     lat.append(msg.timestamp - event_ms)
                     events.append(event_ms)
+                    emitted.append(msg.timestamp)
     finally:
         consumer.close()
-    return latency_summary(lat, events)
+    return lat, events, emitted
 
 
 def latency_summary(latency_ms: list[float], event_ms: list[float]) -> dict:
@@ -280,10 +423,12 @@ def main(argv: list[str]) -> int:
     from bench import jfr
     from bench.env import bench_settings
 
+    began = time.time()
     scenario, args = argv[0], json.loads(argv[1])
     work = Path(args["work"])
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if args.get("phase") != "resume":  # a restart's second process goes on with the first one's folder
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     # the run's own paths first: a --set of bench.run may name others (a table that is already there)
     settings = bench_settings(args["bootstrap"], f"stream.checkpoint={work}/checkpoint",
                               f"stream.audit_table={work}/audit", f"stream.metrics_path={work}/metrics.jsonl",
@@ -297,8 +442,13 @@ def main(argv: list[str]) -> int:
     elif scenario == "latency":
         result = latency(settings, work, args["rate"], args["seconds"], args["records"], args.get("catch_up_s", 60),
                          args.get("cold_feed", False))
+    elif scenario == "restart" and args.get("phase") == "first":
+        result = restart_first(settings, work, args["run_s"])
+    elif scenario == "restart" and args.get("phase") == "resume":
+        result = restart_resume(settings, work, args["rate"], args["fed_file"], args["since_ms"], args["stop_ms"],
+                                began, args.get("catch_up_s", 120))
     else:
-        raise SystemExit(f"unknown scenario {scenario}")
+        raise SystemExit(f"unknown scenario {scenario} {args.get('phase', '')}".strip())
     print("BENCH-RESULT " + json.dumps(result), flush=True)
     return 0
 

@@ -61,3 +61,23 @@ def test_a_leading_feeder_whose_caller_goes_away_stops(kafka_broker, tmp_path, m
     proc = start_feeder(kafka_broker.bootstrap, records, topics, rate=100, seconds=1, lead=True)
     _, err = proc.communicate(timeout=120)  # closes its stdin without a line
     assert proc.returncode == 3 and "stdin closed before" in err, (proc.returncode, err[-2000:])
+
+
+def test_the_restart_run_times_a_second_process_on_the_first_ones_checkpoint(kafka_broker, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.chdir(ROOT)
+    from bench import run
+
+    code = run.main(["--bootstrap", kafka_broker.bootstrap, "--skip", "a,b,c,e", "--rates", "", "--symbols", "20",
+                     "--partitions", "1", "--restart-after", "3", "--restart-rate", "300", "--restart-seconds", "8",
+                     "--set", "stream.warm_up_ticks=2000", "--out", str(tmp_path)])
+    assert code == 0
+    [result] = tmp_path.glob("*.json")
+    restart = json.loads(result.read_text())["runs"]["restart_300"]
+    first, resume = restart["first"], restart.get("resume", {})
+    assert "error" not in first and "error" not in resume, (first.get("error"), resume.get("error"))
+    assert first["batches"] > 0 and any("warmed up in" in line for line in first["job_said"])  # a new query
+    assert 0 < resume["process_started_at_s"] < resume["query_started_at_s"]
+    assert resume["first_batch_at_s"] > resume["process_started_at_s"]
+    assert resume["feeder"]["sent"] == 300 * 8 and resume["first_batch_ticks"] > 0
+    assert resume["recovered_at_s"] is not None and resume["windows"]

@@ -177,3 +177,63 @@ def test_a_batchs_phases_are_medians_with_sparks_own_part_of_add_batch(monkeypat
     assert phases["addBatch"] == 800 and phases["queryPlanning"] == 42 and phases["compute"] == 500
     assert phases["total"] == 775
     assert phases["addBatch_outside_sink"] == 75  # (80 + 70) / 2: the batch without the sink's total is left out
+
+
+def _iso(ms: float) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_a_restart_is_timed_from_the_stop_to_its_catch_up_and_back_to_steady_latency(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.spark_runs import restart_summary
+
+    stop = datetime(2026, 12, 2, 4, 0, 0, tzinfo=UTC).timestamp() * 1000
+    lag = {"maxOffsetsBehindLatest": 0.0}
+    busy = [  # the batch the stop cut, replayed (no lag reported), then the backlog, then caught up
+        {"timestamp": _iso(stop + 30_000), "input_rows": 20_000, "batch_duration_ms": 9_000, "kafka_lag": {}},
+        {"timestamp": _iso(stop + 39_000), "input_rows": 200_000, "batch_duration_ms": 5_000,
+         "kafka_lag": {"maxOffsetsBehindLatest": 90_000.0}},
+        {"timestamp": _iso(stop + 44_000), "input_rows": 200_000, "batch_duration_ms": 5_000,
+         "kafka_lag": {"maxOffsetsBehindLatest": 3_000.0}},  # more than a second's 20,000 / 9 partitions
+        {"timestamp": _iso(stop + 49_000), "input_rows": 150_000, "batch_duration_ms": 4_000, "kafka_lag": lag},
+        *({"timestamp": _iso(stop + t), "input_rows": 20_000, "batch_duration_ms": 900, "kafka_lag": lag}
+          for t in range(53_000, 180_000, 1_000)),
+    ]
+    latency, event, emitted = [], [], []
+    for t in range(-60_000, 180_000, 100):  # a tick every 100 ms of the feed, from before the stop
+        fed = stop + t
+        # 1 s before the stop and from 50 s on; the backlog's from 40 s to 65 s, their wait from 40 s to 15 s
+        out = fed + 1_000 if t < 0 or t >= 50_000 else stop + 40_000 + t * 0.5
+        latency.append(out - fed), event.append(fed), emitted.append(out)
+    summary = restart_summary(busy, latency, event, emitted, stop_ms=stop, rate=20_000, partitions=9)
+    assert summary["first_batch_at_s"] == 30.0 and summary["first_batch_ticks"] == 20_000
+    assert summary["first_batch_ms"] == 9_000 and summary["batch_ms_max"] == 9_000
+    assert summary["caught_up_at_s"] == 49.0  # not the replayed batch, which reports no lag
+    assert summary["steady_p99_ms"] == 1_000.0
+    # the first signal after the restart's first batch within twice the steady p99: the tick fed at 50 s,
+    # sent at 51 s (those sent before the stop, and the backlog's, do not count)
+    assert summary["recovered_at_s"] == 51.0
+    assert summary["backlog_ticks"] == 20_000 + 200_000 + 200_000 + 150_000
+    assert summary["max_ms"] == 40_000.0
+    windows = {w["from_s"]: w for w in summary["windows"]}
+    assert windows[-10]["p99_ms"] == 1_000.0 and windows[40]["p99_ms"] > 30_000 and windows[70]["p99_ms"] == 1_000.0
+    assert restart_summary([], [], [], [], stop_ms=stop, rate=1, partitions=1) == {
+        "error": "no batch with data or no signal after the restart"}
+
+
+def test_the_table_shows_a_restarts_timeline_and_its_latency_window_by_window(report):
+    resume = {"process_started_at_s": 1.3, "query_started_at_s": 10.0, "warm_up_and_start_s": 2.5,
+              "first_batch_at_s": 10.2, "first_batch_ticks": 17_590, "first_batch_ms": 15_503,
+              "caught_up_at_s": 44.1, "recovered_at_s": 52.1, "backlog_ticks": 1_009_024, "max_ms": 35_098.0,
+              "steady_p99_ms": 1_994.0, "repeated_signals": 0,
+              "windows": [{"from_s": -30, "p99_ms": 2_900.0}, {"from_s": -10, "p99_ms": 2_265.0},
+                          {"from_s": 20, "p99_ms": 23_258.0}]}
+    results = {"host": {"load_avg_start": [0.1], "load_avg_end": [0.2], "cpus": 2},
+               "runs": {"restart_20000": {"rate": 20_000, "first": {"stop_s": 0.1}, "resume": resume},
+                        "restart_5000": {"rate": 5_000, "first": {"error": "exit 1: no broker\nmore"}}}}
+    lines = report.table(results).splitlines()
+    [line] = [row for row in lines if row.startswith("restart at 20,000")]
+    assert "first batch 10.2 (17,590 ticks in 15,503 ms), caught up 44.1, back at steady latency 52.1 after " \
+           "1,009,024 ticks; worst latency 35,098 ms" in line
+    assert lines[lines.index(line) + 1] == "  p99 ms by 10 s of emission from the stop: -10: 2,265, 20: 23,258"
+    assert "restart at 5,000 ticks/s: failed: exit 1: no broker" in lines
