@@ -235,6 +235,10 @@ class StreamSettings(_Section):
     # its first batch with data finds the JIT, the generated code and the Python workers warm; 0: not
     # (stream/warm_up.py). Bounded runs (availableNow, once) never do.
     warm_up_ticks: int = Field(20_000, ge=0, le=1_000_000)  # made in the driver's Python
+    # ... nor, unless this is true, a live stream that resumes its checkpoint and finds ticks waiting in
+    # Kafka (a restart while they flow): they would wait for the warm-up too, and their own first batches
+    # warm the JVM (stream/job.py, restart_backlog). A restart with none waiting warms up.
+    warm_up_on_restart: bool = False
 
     @field_validator("audit_table_properties", mode="before")
     @classmethod

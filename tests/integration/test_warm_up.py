@@ -123,3 +123,59 @@ def test_the_warm_up_has_spark_generate_the_code_the_kafka_stream_runs(spark, ka
     assert len(kafka) >= 3  # parse, validation, the bucket: up to the shuffle
     assert warm == kafka
     assert vectorized != kafka  # Parquet's batches of columns take other code
+
+
+def test_a_restart_with_ticks_waiting_skips_the_warm_up(spark, kafka_broker, capsys):
+    """A restart meets the ticks that came while the job was down, and they would wait for its warm-up
+    too: their own batches warm the JVM. With none waiting it warms up, as a new query does."""
+    from marketsignals.stream.job import start_stream
+    from marketsignals.stream.metrics import MetricsListener
+
+    settings = kafka_broker.isolated("restart-warm", "stream.warm_up_ticks=600",
+                                     "stream.trigger=processingTime=100 milliseconds")
+
+    def produce(count: int) -> None:
+        kafka_broker.produce(settings, feed.FeedOptions(symbols=feed.symbol_names(5), count=count,
+                                                        topics=tuple(settings.kafka.topics)))
+
+    def run(read: int, overrides: tuple[str, ...] = ()) -> str:
+        """Start the stream, let it read ``read`` ticks, stop it; what it printed."""
+        listener = MetricsListener(None)
+        query = start_stream(spark, settings.with_overrides(list(overrides)), listener=listener)
+        deadline = time.monotonic() + 120
+        try:
+            while (query.isActive and time.monotonic() < deadline
+                   and sum(p["numInputRows"] for p in query.recentProgress) < read):
+                query.awaitTermination(0.2)
+        finally:
+            query.stop()
+            spark.streams.removeListener(listener)
+        assert query.exception() is None
+        assert sum(p["numInputRows"] for p in query.recentProgress) == read
+        return capsys.readouterr().out
+
+    produce(300)
+    assert "marketsignals stream: warmed up in" in run(300)  # a new query
+    produce(800)
+    said = run(800)
+    assert "warmed up in" not in said
+    assert re.search(r"no warm-up: the query resumes its checkpoint after batch \d+ with 800 ticks waiting", said)
+    assert "marketsignals stream: warmed up in" in run(0)  # none waiting: the feed stopped too
+    produce(700)
+    assert "marketsignals stream: warmed up in" in run(700, ("stream.warm_up_on_restart=true",))
+
+
+def test_a_restart_that_cannot_count_the_ticks_waiting_says_so_and_warms_up(spark, settings, tmp_path, capsys,
+                                                                            monkeypatch):
+    from marketsignals.stream import job
+
+    monkeypatch.setattr(job, "BACKLOG_TIMEOUT_S", 2.0)
+    assert job.restart_backlog(spark, settings) is None  # a new query: nothing to count, nothing said
+    offsets = tmp_path / "checkpoint" / "offsets"
+    offsets.mkdir(parents=True)
+    (offsets / "4").write_text('v1\n{"batchWatermarkMs":0,"batchTimestampMs":1,"conf":{}}\n{"ticks":{"0":10}}')
+    assert capsys.readouterr().out == ""
+    assert job.restart_backlog(spark, settings) is None  # no Kafka listens at 127.0.0.1:9
+    said = capsys.readouterr().out
+    assert said.startswith("marketsignals stream: the ticks waiting after batch 4 are not known (")
+    assert said.rstrip().endswith("warming up")

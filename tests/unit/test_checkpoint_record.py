@@ -1,4 +1,5 @@
-"""The checkpoint's record of its state layout (stream.checkpoint), on a local SparkSession."""
+"""The checkpoint's record of its state layout (stream.checkpoint), and what the job reads of Spark's own
+offset log, on a local SparkSession."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import logging
 
 import pytest
 
-from marketsignals.stream.checkpoint import RECORD, CheckpointRecordError, StateLayout, state_layout
+from marketsignals.stream.checkpoint import (
+    RECORD,
+    CheckpointRecordError,
+    StateLayout,
+    last_batch,
+    source_offsets,
+    state_layout,
+)
 
 
 def test_a_new_checkpoint_records_the_configured_count_and_the_partitions_its_keys_are_for(spark, tmp_path):
@@ -51,3 +59,19 @@ def test_an_unreadable_record_stops_with_what_to_do(spark, tmp_path, text):
     (location / RECORD).write_text(text)
     with pytest.raises(CheckpointRecordError, match="restore it, or start from a new checkpoint"):
         state_layout(spark, str(location), 8, 2)
+
+
+def test_the_newest_batch_and_where_it_ends_in_kafka_come_from_sparks_offset_log(spark, tmp_path):
+    location = tmp_path / "checkpoint"
+    assert last_batch(spark, str(location)) is None  # no checkpoint yet
+    (location / "offsets").mkdir(parents=True)
+    assert last_batch(spark, str(location)) is None  # a query that planned no batch
+    for batch in (8, 9, 10):  # as Spark writes them: a version line, the batch's metadata, the source's offsets
+        (location / "offsets" / str(batch)).write_text(
+            f'v1\n{{"batchWatermarkMs":0,"batchTimestampMs":1,"conf":{{}}}}\n{{"ticks":{{"0":{batch},"1":5}}}}')
+        (location / "offsets" / f".{batch}.crc").write_bytes(b"")
+    assert last_batch(spark, str(location)) == 10  # by number: "9" sorts after "10" by name
+    assert source_offsets(spark, str(location), 10) == {"ticks": {"0": 10, "1": 5}}
+    (location / "offsets" / "11").write_text("v1\n{}\n-")  # a source without offsets: not this job's Kafka
+    with pytest.raises(CheckpointRecordError, match="offsets/11 holds no Kafka offsets"):
+        source_offsets(spark, str(location), 11)

@@ -61,6 +61,28 @@ def state_layout(spark: SparkSession, checkpoint: str, configured: int, partitio
     return StateLayout(configured, partitions)
 
 
+def last_batch(spark: SparkSession, checkpoint: str) -> int | None:
+    """The newest batch in the checkpoint's offset log (Spark's ``offsets/<batch id>``, written when a
+    batch is planned): the query resumes after it, or reruns it if it has no commit. None where no
+    query has planned a batch there (no checkpoint yet, or an empty one)."""
+    fs, root = file_system(spark, checkpoint)
+    offsets = _path(spark, root, "offsets")
+    if not fs.exists(offsets):
+        return None
+    batches = [int(name) for status in fs.listStatus(offsets) if (name := status.getPath().getName()).isdigit()]
+    return max(batches, default=None)
+
+
+def source_offsets(spark: SparkSession, checkpoint: str, batch: int) -> dict[str, dict[str, int]]:
+    """Where ``batch`` ends in the Kafka topics, from its offset log entry (``offsets/<batch>``: a version
+    line, the batch's metadata, then a line per source; the stream's one source is Kafka's, whose
+    offsets are ``{"topic": {"partition": offset}}``)."""
+    lines = read_text(spark, checkpoint, f"offsets/{batch}").splitlines()
+    if len(lines) < 3 or not lines[2].startswith("{"):
+        raise CheckpointRecordError(f"{checkpoint}/offsets/{batch} holds no Kafka offsets")
+    return json.loads(lines[2])
+
+
 def read_text(spark: SparkSession, checkpoint: str, name: str) -> str:
     """The text of the file ``name`` in the checkpoint (Spark's own, such as ``metadata``, or ours)."""
     fs, root = file_system(spark, checkpoint)

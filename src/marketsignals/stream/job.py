@@ -41,10 +41,10 @@ from marketsignals.schema import (
 )
 from marketsignals.secrets import resolve_secrets
 from marketsignals.settings import Settings, load_settings
-from marketsignals.stream import checkpoint, error_text, state
+from marketsignals.stream import checkpoint, error_line, error_text, state
 from marketsignals.stream.metrics import MetricsListener
 from marketsignals.stream.sinks import FAST_LOG_LISTING, SignalSink, fast_log_listing
-from marketsignals.stream.source import read_ticks
+from marketsignals.stream.source import read_ticks, records_after
 from marketsignals.stream.trigger import live_trigger
 from marketsignals.stream.warm_up import WarmUpStopped, warm_up
 from marketsignals.validation import parse_ticks, raw_text, with_reject_reason
@@ -133,7 +133,12 @@ def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListe
     if fast_log_listing(spark, s.audit_table):
         print(f"marketsignals stream: the audit table is on S3A: Delta lists its log from the version it needs "
               f"({FAST_LOG_LISTING})", flush=True)
-    if s.warm_up_ticks and not s.bounded:
+    waiting = None if s.bounded or not s.warm_up_ticks or s.warm_up_on_restart else restart_backlog(spark, settings)
+    if waiting is not None and waiting[1] > 0:
+        print(f"marketsignals stream: no warm-up: the query resumes its checkpoint after batch {waiting[0]} with "
+              f"{waiting[1]:,} ticks waiting, which a warm-up would keep waiting longer "
+              f"(stream.warm_up_on_restart=true warms up first)", flush=True)
+    elif s.warm_up_ticks and not s.bounded:
         done = warm_up(spark, settings, s.warm_up_ticks, stop, key_partitions=layout.key_partitions)
         kafka = (f" and {done['kafka_ticks']:,} of the tick topics' newest records" if done["kafka_ticks"]
                  else f"; Kafka's consumers not warmed: {done['kafka_note']}")
@@ -158,6 +163,30 @@ def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListe
     else:
         writer = writer.trigger(processingTime=live.interval)
     return writer.start()
+
+
+BACKLOG_TIMEOUT_S = 10.0  # how long restart_backlog waits for Kafka's end offsets
+
+
+def restart_backlog(spark: SparkSession, settings: Settings) -> tuple[int, int] | None:
+    """For a query that resumes its checkpoint: its newest batch and the ticks in Kafka after it. None for
+    a new query, or (with a line saying why) where those are unreadable.
+
+    A restart while ticks flow finds them waiting, and every second of a warm-up adds a second to their
+    wait; their own first batches warm the JVM (slower than warm batches, but the whole backlog was
+    worked off sooner: bench's restart run, bench/ROUNDS.md, forty-seventh round). A restart with none
+    waiting (the feed stopped too, or a market closed) warms up, as a new query does, for the ticks to
+    come."""
+    newest = checkpoint.last_batch(spark, settings.stream.checkpoint)
+    if newest is None:
+        return None
+    try:
+        offsets = checkpoint.source_offsets(spark, settings.stream.checkpoint, newest)
+        return newest, records_after(spark, settings.kafka, offsets, BACKLOG_TIMEOUT_S)
+    except Exception as exc:  # the warm-up goes on as for a new query; the stream meets any real fault itself
+        print(f"marketsignals stream: the ticks waiting after batch {newest} are not known ({error_line(exc, 300)}): "
+              f"warming up", flush=True)
+        return None
 
 
 STOP_POLL_S = 0.2  # how soon after SIGTERM / Ctrl-C the query's stop starts, at the latest

@@ -30,6 +30,33 @@ def _spark_keys(options: dict[str, str]) -> dict[str, str]:
     return {f"kafka.{k}": str(v) for k, v in options.items()}
 
 
+def records_after(spark: SparkSession, kafka: KafkaSettings, offsets: dict[str, dict[str, int]],
+                  timeout_s: float = 10.0) -> int:
+    """How many records the topics' partitions in ``offsets`` hold past those offsets (their end offsets
+    now, from the Kafka admin client on the driver's classpath, with the source's brokers and security:
+    :func:`client_options`). Raises if Kafka does not answer within ``timeout_s``."""
+    jvm = spark._jvm
+    props = jvm.java.util.Properties()
+    for key, value in client_options(kafka).items():
+        props.setProperty(key.removeprefix("kafka."), value)
+    props.setProperty("request.timeout.ms", str(int(timeout_s * 1000)))
+    props.setProperty("default.api.timeout.ms", str(int(timeout_s * 1000)))
+    admin = jvm.org.apache.kafka.clients.admin.AdminClient.create(props)
+    try:
+        latest = jvm.org.apache.kafka.clients.admin.OffsetSpec.latest()
+        wanted = {(topic, int(part)): jvm.org.apache.kafka.common.TopicPartition(topic, int(part))
+                  for topic, parts in offsets.items() for part in parts}
+        request = jvm.java.util.HashMap()
+        for partition in wanted.values():
+            request.put(partition, latest)
+        unit = jvm.java.util.concurrent.TimeUnit.MILLISECONDS
+        ends = admin.listOffsets(request).all().get(int(timeout_s * 1000), unit)
+        return sum(max(0, ends.get(partition).offset() - offsets[topic][str(part)])
+                   for (topic, part), partition in wanted.items())
+    finally:
+        admin.close(jvm.java.time.Duration.ofSeconds(5))
+
+
 def read_ticks(spark: SparkSession, kafka: KafkaSettings, starting: dict[str, str] | None = None,
                limits: dict[str, str] | None = None) -> DataFrame:
     """The raw tick stream: Kafka key, value, topic, partition, offset, timestamp (``starting``: the Kafka
