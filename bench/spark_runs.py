@@ -54,6 +54,19 @@ def _drained(line: dict, fed_epoch: float) -> bool:
     return parse_iso_ms(line["timestamp"]) >= fed_epoch * 1000 and lag == 0
 
 
+def _drain(query, metrics: Path, fed_epoch: float, bound_s: float, sent: int = 0) -> float:
+    """Let the query read what the feed, ended at ``fed_epoch``, left (at most ``bound_s``): until its
+    metrics count at least ``sent`` ticks and their last line says it has drained (:func:`_drained`).
+    Returns the seconds it took."""
+    began = time.monotonic()
+    while query.isActive and time.monotonic() - began < bound_s:
+        lines = _progress(metrics)
+        if lines and sum(m["input_rows"] for m in lines) >= sent and _drained(lines[-1], fed_epoch):
+            break
+        time.sleep(1.0)
+    return time.monotonic() - began
+
+
 def _summary(progress: list[dict], wall_s: float) -> dict:
     rows = sum(m["input_rows"] for m in progress)
     busy = [m for m in progress if m["input_rows"] > 0]
@@ -173,12 +186,7 @@ def latency(settings: Settings, work: Path, rate: float, seconds: float, records
     fed = wait_feeder(feeder)
     fed_at, fed_epoch = time.monotonic(), time.time()
     # let the job drain what is left (bounded): the lag after the feed stops says if it kept up
-    while query.isActive and time.monotonic() - fed_at < catch_up_s:
-        lines = _progress(Path(settings.stream.metrics_path))
-        if lines and sum(m["input_rows"] for m in lines) >= fed["sent"] and _drained(lines[-1], fed_epoch):
-            break
-        time.sleep(1.0)
-    drained_s = time.monotonic() - fed_at
+    drained_s = _drain(query, Path(settings.stream.metrics_path), fed_epoch, catch_up_s, fed["sent"])
     query.stop()
     listener.terminated.wait(30)
     progress = _progress(Path(settings.stream.metrics_path))
@@ -282,13 +290,7 @@ def restart_resume(settings: Settings, work: Path, rate: float, fed_file: str, s
     while query.isActive and not fed_path.exists() and time.monotonic() < deadline:
         time.sleep(1.0)
     fed = json.loads(fed_path.read_text()) if fed_path.exists() else {}
-    fed_epoch, fed_at = time.time(), time.monotonic()
-    while query.isActive and time.monotonic() - fed_at < catch_up_s:
-        lines = _progress(Path(settings.stream.metrics_path))
-        if lines and _drained(lines[-1], fed_epoch):
-            break
-        time.sleep(1.0)
-    drained_s = time.monotonic() - fed_at
+    drained_s = _drain(query, Path(settings.stream.metrics_path), time.time(), catch_up_s)
     query.stop()
     listener.terminated.wait(30)
     if query.exception() is not None:

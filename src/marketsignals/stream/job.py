@@ -133,18 +133,19 @@ def start_stream(spark: SparkSession, settings: Settings, listener: MetricsListe
     if fast_log_listing(spark, s.audit_table):
         print(f"marketsignals stream: the audit table is on S3A: Delta lists its log from the version it needs "
               f"({FAST_LOG_LISTING})", flush=True)
-    waiting = None if s.bounded or not s.warm_up_ticks or s.warm_up_on_restart else restart_backlog(spark, settings)
-    if waiting is not None and waiting[1] > 0:
-        print(f"marketsignals stream: no warm-up: the query resumes its checkpoint after batch {waiting[0]} with "
-              f"{waiting[1]:,} ticks waiting, which a warm-up would keep waiting longer "
-              f"(stream.warm_up_on_restart=true warms up first)", flush=True)
-    elif s.warm_up_ticks and not s.bounded:
-        done = warm_up(spark, settings, s.warm_up_ticks, stop, key_partitions=layout.key_partitions)
-        kafka = (f" and {done['kafka_ticks']:,} of the tick topics' newest records" if done["kafka_ticks"]
-                 else f"; Kafka's consumers not warmed: {done['kafka_note']}")
-        print(f"marketsignals stream: warmed up in {done['s']} s on {done['ticks']:,} synthetic ticks "
-              f"({done['batches']} batches, {done['signals']:,} signals and {done['rejected']:,} rejects dropped)"
-              f"{kafka}", flush=True)
+    if s.warm_up_ticks and not s.bounded:
+        waiting = None if s.warm_up_on_restart else restart_backlog(spark, settings)
+        if waiting is not None and waiting[1] > 0:
+            print(f"marketsignals stream: no warm-up: the query resumes its checkpoint after batch {waiting[0]} "
+                  f"with {waiting[1]:,} ticks waiting, which a warm-up would keep waiting longer "
+                  f"(stream.warm_up_on_restart=true warms up first)", flush=True)
+        else:
+            done = warm_up(spark, settings, s.warm_up_ticks, stop, key_partitions=layout.key_partitions)
+            kafka = (f" and {done['kafka_ticks']:,} of the tick topics' newest records" if done["kafka_ticks"]
+                     else f"; Kafka's consumers not warmed: {done['kafka_note']}")
+            print(f"marketsignals stream: warmed up in {done['s']} s on {done['ticks']:,} synthetic ticks "
+                  f"({done['batches']} batches, {done['signals']:,} signals and {done['rejected']:,} rejects "
+                  f"dropped){kafka}", flush=True)
     listener = listener or MetricsListener(s.metrics_path)
     spark.streams.addListener(listener)
     if sink is None:

@@ -34,7 +34,8 @@ def records_after(spark: SparkSession, kafka: KafkaSettings, offsets: dict[str, 
                   timeout_s: float = 10.0) -> int:
     """How many records the topics' partitions in ``offsets`` hold past those offsets (their end offsets
     now, from the Kafka admin client on the driver's classpath, with the source's brokers and security:
-    :func:`client_options`). Raises if Kafka does not answer within ``timeout_s``."""
+    :func:`client_options`; not kafka-python's, :func:`marketsignals.kafka_client.admin`, which has no MSK
+    IAM). Raises if Kafka does not answer within ``timeout_s``."""
     jvm = spark._jvm
     props = jvm.java.util.Properties()
     for key, value in client_options(kafka).items():
