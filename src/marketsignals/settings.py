@@ -239,6 +239,11 @@ class StreamSettings(_Section):
     # Kafka (a restart while they flow): they would wait for the warm-up too, and their own first batches
     # warm the JVM (stream/job.py, restart_backlog). A restart with none waiting warms up.
     warm_up_on_restart: bool = False
+    # SIGTERM or Ctrl-C lets the batch in flight finish and commit, up to this long, and no later batch
+    # start its work, before the query stops (stream/job.py, stop_query); past it, or with 0, the stop
+    # cuts the batch (uncommitted: the next start replays it, and Kafka may get its signals twice). A
+    # second signal cuts it at once. A platform that kills the driver sooner cuts it as a crash does.
+    stop_grace: str = "30 seconds"
 
     @field_validator("audit_table_properties", mode="before")
     @classmethod
@@ -250,7 +255,7 @@ class StreamSettings(_Section):
                 raise ValueError(f"expected Delta table properties (delta.<name>), got {key!r}")
         return _as_text(value)  # Delta takes every property as text
 
-    @field_validator("watermark_delay", "max_future_skew", "state_idle_timeout")
+    @field_validator("watermark_delay", "max_future_skew", "state_idle_timeout", "stop_grace")
     @classmethod
     def _is_duration(cls, value: str) -> str:
         duration_ms(value)
@@ -279,6 +284,10 @@ class StreamSettings(_Section):
     @property
     def max_future_skew_ms(self) -> int:
         return duration_ms(self.max_future_skew)
+
+    @property
+    def stop_grace_ms(self) -> int:
+        return duration_ms(self.stop_grace)
 
     @property
     def state_idle_timeout_ms(self) -> int:

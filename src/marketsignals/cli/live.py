@@ -49,10 +49,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     children: list[tuple[str, subprocess.Popen]] = []
     log_paths = {name: logs / f"{name}.log" for name in ("stream", "feed")}
     log_starts: dict[str, int] = {}  # the logs are appended to: this run's part starts here
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop, again = threading.Event(), threading.Event()  # again: a second Ctrl-C while the children stop
+
+    def on_signal(*_) -> None:
+        if stop.is_set():
+            again.set()
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     deadline = time.monotonic() + args.duration if args.duration else None
+    from marketsignals.stream.job import MAINTENANCE_WAIT_S
+
+    # the job's stop waits for its batch in flight (stream.stop_grace), then for the audit table's upkeep
+    job_grace_s = settings.stream.stop_grace_ms / 1000 + MAINTENANCE_WAIT_S + 30
     exit_code = 0  # a child that exits by itself (the job or the feed stopped): live fails too
     try:
         for name, cmd in (("stream", job_cmd), ("feed", feed_cmd)):
@@ -85,9 +94,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                      settings.stream.metrics_path, should_stop)
         print(f"\nlive: {view.signals:,} signals, {sum(view.rejects.values()):,} rejects seen", flush=True)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        stop.set()  # from here a Ctrl-C is a second one: the job's stop cuts its batch at once
         for name, proc in reversed(children):
-            _stop(name, proc)
+            _stop(name, proc, job_grace_s if name == "stream" else 60.0, again)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if not args.keep_broker:
             broker.down()
     return exit_code
@@ -105,13 +116,20 @@ def last_error(log: Path, start: int = 0) -> str | None:
     return next((line.strip() for line in reversed(lines) if ": error: " in line), None)
 
 
-def _stop(name: str, proc: subprocess.Popen, grace_s: float = 60.0) -> None:
-    """SIGTERM to the child only (not its group: the job's JVM must not die before the query stops)."""
+def _stop(name: str, proc: subprocess.Popen, grace_s: float = 60.0, again: threading.Event | None = None) -> None:
+    """SIGTERM to the child only (not its group: the job's JVM must not die before the query stops); a
+    second one once ``again`` is set (the job's stop then cuts the batch it waits for); SIGKILL to its
+    group after ``grace_s`` seconds."""
     if proc.poll() is None:
         print(f"live: stopping {name}", flush=True)
         os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
+        deadline, repeated = time.monotonic() + grace_s, False
+        while proc.poll() is None and time.monotonic() < deadline:
+            if again is not None and again.is_set() and not repeated:
+                print(f"live: stopping {name} at once", flush=True)
+                os.kill(proc.pid, signal.SIGTERM)
+                repeated = True
+            time.sleep(0.05)
+        if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

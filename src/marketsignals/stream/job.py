@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+import time
 from collections.abc import Sequence
 
 from pyspark.errors import StreamingQueryException
@@ -43,7 +44,7 @@ from marketsignals.secrets import resolve_secrets
 from marketsignals.settings import Settings, load_settings
 from marketsignals.stream import checkpoint, error_line, error_text, state
 from marketsignals.stream.metrics import MetricsListener
-from marketsignals.stream.sinks import FAST_LOG_LISTING, SignalSink, fast_log_listing
+from marketsignals.stream.sinks import FAST_LOG_LISTING, SignalSink, StopGate, fast_log_listing
 from marketsignals.stream.source import read_ticks, records_after
 from marketsignals.stream.trigger import live_trigger
 from marketsignals.stream.warm_up import WarmUpStopped, warm_up
@@ -191,18 +192,72 @@ def restart_backlog(spark: SparkSession, settings: Settings) -> tuple[int, int] 
 
 
 STOP_POLL_S = 0.2  # how soon after SIGTERM / Ctrl-C the query's stop starts, at the latest
+COMMIT_POLL_S = 0.05  # how often a stop looks whether the batch in flight is committed
 # how long a stop waits for the audit table's compaction or checkpoint in flight (one cut by the end leaves
 # the table as it was: an OPTIMIZE that did not commit wrote files no version names, which VACUUM removes)
 MAINTENANCE_WAIT_S = 60
 
 
+def stop_query(query: StreamingQuery, gate: StopGate, grace_s: float, cut: threading.Event | None = None) -> str:
+    """Stop the query between two batches: no batch starts its work once this is called (``gate``, the
+    sink's: :func:`~marketsignals.stream.sinks.run_stoppable`), the one in flight, or the one whose work
+    just ended, runs until Spark's commit log records it, for at most ``grace_s`` seconds or until
+    ``cut`` is set, and then ``query.stop()`` interrupts at most a batch that has written nothing. A
+    batch cut by the end of the grace (or with ``grace_s`` 0) is replayed at the next start, as after
+    a crash: the audit table skips what it holds, and Kafka may get its signals twice. Returns how the
+    stop went: ``"committed"`` (it waited for the batch's commit), ``"between batches"`` (nothing to
+    wait for), ``"cut"`` or ``"not active"`` (the query had ended)."""
+    pending = gate.close(query)
+    outcome = "between batches"
+    try:
+        if not query.isActive:
+            return "not active"
+        if pending is None or _committed(query, pending):
+            return outcome
+        outcome = "cut"
+        if grace_s > 0:
+            print(f"marketsignals: the streaming query stops once batch {pending} is committed (at most "
+                  f"{grace_s:g} s: stream.stop_grace; a second SIGTERM or Ctrl-C stops it at once)", flush=True)
+            deadline = time.monotonic() + grace_s
+            while query.isActive and time.monotonic() < deadline and not (cut is not None and cut.is_set()):
+                time.sleep(COMMIT_POLL_S)
+                if _committed(query, pending):
+                    return "committed"
+        if not query.isActive:
+            return "not active"
+        print(f"marketsignals: batch {pending} is not committed yet: the stop cuts it", flush=True)
+        return outcome
+    finally:
+        if query.isActive:
+            print("marketsignals: stopping the streaming query", flush=True)
+            query.stop()
+
+
+def _committed(query: StreamingQuery, batch_id: int) -> bool:
+    """Whether Spark's commit log records batch ``batch_id``, from the query's last progress, which Spark
+    reports after the commit: a later batch's, or this one's with a sink time (``addBatch``; a trigger
+    that found no data may report the id of the batch to come, without one)."""
+    progress = query.lastProgress
+    if progress is None:
+        return False
+    return progress["batchId"] > batch_id or (progress["batchId"] == batch_id
+                                              and "addBatch" in (progress["durationMs"] or {}))
+
+
 def run(spark: SparkSession, settings: Settings) -> int:
-    """Start the query and wait; SIGTERM or Ctrl-C stops it cleanly (the batch in flight finishes
-    or is replayed from the checkpoint next time)."""
+    """Start the query and wait; SIGTERM or Ctrl-C stops it cleanly: the batch in flight finishes
+    (:func:`stop_query`; a second signal, or the end of ``stream.stop_grace``, cuts it, and it is
+    replayed from the checkpoint next time)."""
     listener = MetricsListener(settings.stream.metrics_path)
     sink = SignalSink(settings)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop, cut = threading.Event(), threading.Event()
+
+    def on_signal(*_) -> None:
+        if stop.is_set():
+            cut.set()
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def restore_handlers() -> None:
         for sig, handler in previous.items():
@@ -224,10 +279,10 @@ def run(spark: SparkSession, settings: Settings) -> int:
             except StreamingQueryException:
                 break  # reported below, from query.exception(), as one restartable line
     finally:
-        restore_handlers()
-        if query.isActive:
-            print("marketsignals: stopping the streaming query", flush=True)
-            query.stop()
+        try:
+            stop_query(query, sink.gate, settings.stream.stop_grace_ms / 1000, cut)
+        finally:
+            restore_handlers()
         listener.terminated.wait(timeout=10)
         spark.streams.removeListener(listener)
         if not sink.close(timeout=MAINTENANCE_WAIT_S):

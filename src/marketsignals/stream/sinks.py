@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from pyspark import InheritableThread
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -181,6 +182,7 @@ class SignalSink:
     _audit_checked: bool = field(default=False, init=False)  # Delta's txnVersion check done this run
     _record_columns: RecordColumns | None = field(default=None, init=False)
     maintenance: AuditMaintenance = field(init=False)
+    gate: StopGate = field(default_factory=lambda: StopGate(), init=False)
 
     def __post_init__(self) -> None:
         stream = self.settings.stream
@@ -193,15 +195,7 @@ class SignalSink:
         return self.maintenance.wait(timeout)
 
     def __call__(self, out: DataFrame, batch_id: int) -> None:
-        try:
-            self._write(out, batch_id)
-        except Exception as exc:
-            cancelled = stop_cancellation(str(exc), _job_group(out))
-            if cancelled is None:
-                raise
-            print(f"marketsignals: batch {batch_id} cut by the stop; the next start replays it from the checkpoint",
-                  flush=True)
-            raise cancelled from None  # not chained: the short text is the point (see stop_cancellation)
+        run_stoppable(self.gate, out, batch_id, self._write)
 
     def _write(self, out: DataFrame, batch_id: int) -> None:
         kafka = self.settings.kafka
@@ -572,6 +566,82 @@ class BatchCancelled(RuntimeError):
     """The batch's Spark jobs were cancelled: the query is stopping (``query.stop()`` cancels them)."""
 
 
+def run_stoppable(gate: StopGate, out: DataFrame, batch_id: int, write: Callable[[DataFrame, int], None]) -> None:
+    """A foreachBatch function's body, ``write``, as a stop expects it: not begun once the stop closed
+    ``gate`` (the batch waits for ``query.stop()`` and ends uncommitted, having written nothing), and a
+    cut by the stop (its Spark jobs cancelled) raised as the short error Spark stops quietly on."""
+    stopping = gate.enter(batch_id)
+    if stopping is not None:
+        gate.hold(stopping)
+        print(f"marketsignals: batch {batch_id} not run: the query was stopping; the next start runs it", flush=True)
+        raise cancellation(_job_group(out))
+    try:
+        write(out, batch_id)
+    except Exception as exc:
+        cancelled = stop_cancellation(str(exc), _job_group(out))
+        if cancelled is None:
+            raise
+        print(f"marketsignals: batch {batch_id} cut by the stop; the next start replays it from the checkpoint",
+              flush=True)
+        raise cancelled from None  # not chained: the short text is the point (see stop_cancellation)
+    finally:
+        gate.leave()
+
+
+class StopGate:
+    """Where a stop that waits for the batch in flight (stream/job.py, stop_query) keeps later batches
+    from starting their work. Spark runs one batch at a time and ``query.stop()`` interrupts whatever
+    runs: a batch past its Kafka write but not yet committed is replayed at the next start and its
+    signals sent twice. Once closed (:meth:`close`), a batch that reaches the sink writes nothing: it waits
+    for the query's stop (:meth:`hold`) and ends as a batch the stop cut, uncommitted (it wrote
+    nothing, so the next start runs it once); the batch already past the gate runs to its end."""
+
+    HOLD_POLL_S = 0.02
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stopping: Any = None  # the StreamingQuery being stopped, once closed
+        self._running: int | None = None  # the batch past the gate, until it returns
+        self._last: int | None = None  # the last batch that returned (Spark may not have committed it yet)
+
+    def enter(self, batch_id: int) -> Any:
+        """A batch reached the sink: None lets it run; else the query being stopped (hold it)."""
+        with self._lock:
+            if self._stopping is None:
+                self._running = batch_id
+            return self._stopping
+
+    def leave(self) -> None:
+        with self._lock:
+            self._running, self._last = None, self._running
+
+    @property
+    def running(self) -> int | None:
+        """The batch past the gate, until it returns (None: none)."""
+        with self._lock:
+            return self._running
+
+    def close(self, query: Any) -> int | None:
+        """No batch starts its work from now on: the batch that runs past the gate, or else the last one
+        that did (its commit may still be coming), if any."""
+        with self._lock:
+            self._stopping = query
+            return self._running if self._running is not None else self._last
+
+    def hold(self, query: Any) -> None:
+        """Wait until ``query.stop()`` has begun (``isActive``, Spark's state, turns false at its first
+        step, before it interrupts the stream thread, which waits in this Python call meanwhile): an
+        error raised before would fail the query instead of stopping it."""
+        while query.isActive:
+            time.sleep(self.HOLD_POLL_S)
+
+
+def cancellation(job_group: str | None) -> BatchCancelled:
+    """The short error that tells Spark the stop cut the batch (see :func:`stop_cancellation`)."""
+    return BatchCancelled(f"org.apache.spark.SparkException: the batch's jobs were cancelled (job group {job_group}): "
+                          "the query is stopping")
+
+
 def stop_cancellation(error: str, job_group: str | None) -> BatchCancelled | None:
     """The short error the sink raises instead of the one whose text is ``error`` when that one is
     the query's stop cutting the batch (None for any other error, raised as it is): ``query.stop()``
@@ -590,8 +660,7 @@ def stop_cancellation(error: str, job_group: str | None) -> BatchCancelled | Non
     interrupted = any(name in error for name in INTERRUPTIONS)
     if not interrupted and not ("cancelled" in error and job_group in error):
         return None
-    return BatchCancelled(f"org.apache.spark.SparkException: the batch's jobs were cancelled (job group {job_group}): "
-                          "the query is stopping")
+    return cancellation(job_group)
 
 
 def _job_group(out: DataFrame) -> str | None:

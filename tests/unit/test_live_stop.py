@@ -1,0 +1,50 @@
+"""`live` stops its children with SIGTERM, a second one at a second Ctrl-C (the job's stop then cuts the
+batch it waits for), and SIGKILL after the grace: on a real child process that counts its SIGTERMs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+from marketsignals.cli.live import _stop
+
+# exits with the number of SIGTERMs it got once it got `needed` of them (a job waiting for its batch: 2)
+CHILD = """
+import signal, sys, time
+got = []
+signal.signal(signal.SIGTERM, lambda *_: got.append(1))
+print("ready", flush=True)
+while len(got) < int(sys.argv[1]):
+    time.sleep(0.01)
+sys.exit(10 + len(got))
+"""
+
+
+def child(needed: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(needed)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_one_sigterm_stops_a_child_that_stops_at_the_first():
+    proc = child(1)
+    _stop("feed", proc, grace_s=30)
+    assert proc.returncode == 11
+
+
+def test_a_second_ctrl_c_sends_a_second_sigterm():
+    proc, again = child(2), threading.Event()
+    threading.Timer(0.3, again.set).start()
+    began = time.monotonic()
+    _stop("stream", proc, grace_s=30, again=again)
+    assert proc.returncode == 12 and time.monotonic() - began < 10
+
+
+def test_a_child_still_running_after_the_grace_is_killed():
+    proc = child(2)
+    began = time.monotonic()
+    _stop("stream", proc, grace_s=0.5)
+    assert proc.returncode == -9 and time.monotonic() - began < 10
