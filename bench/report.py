@@ -102,7 +102,7 @@ def restart_lines(run: dict) -> list[str]:
     head = f"restart at {_fmt(run.get('rate'))} ticks/s"
     if failed:
         return [f"{head}: failed: {failed.splitlines()[0][:80]}"]
-    lines = [f"{head} (seconds from the stop): stopped in {first['stop_s']:.1f}, process "
+    lines = [f"{head} (seconds from the stop): stopped in {first['stop_s']:.1f} ({first.get('stopped', '?')}), process "
              f"{resume['process_started_at_s']}, query {resume['query_started_at_s']} (warm-up and start "
              f"{resume['warm_up_and_start_s']}), first batch "
              f"{resume['first_batch_at_s']} ({_fmt(resume['first_batch_ticks'])} ticks in "

@@ -240,25 +240,32 @@ def restart_first(settings: Settings, work: Path, run_s: float) -> dict:
     ``run_s`` seconds from its first batch, and stops as a redeploy or a ``yarn application -kill``'s
     SIGTERM stops it (``query.stop()``, the process ends). Its checkpoint and audit table stay for phase
     "resume"."""
-    from marketsignals.stream.job import start_stream
+    from marketsignals.stream.checkpoint import last_batch
+    from marketsignals.stream.job import start_stream, stop_query
+    from marketsignals.stream.sinks import SignalSink
 
     spark = _session(settings)
     listener = MetricsListener(settings.stream.metrics_path)
+    sink = SignalSink(settings)
     starting = time.monotonic()
-    query = start_stream(spark, settings, listener=listener)
+    query = start_stream(spark, settings, listener=listener, sink=sink)
     start_s = time.monotonic() - starting
     first_epoch = _first_batch(query)
     time.sleep(max(0.0, first_epoch + run_s - time.time()))
     stop_epoch = time.time()
-    query.stop()
+    stopped = stop_query(query, sink.gate, settings.stream.stop_grace_ms / 1000)  # as the job's SIGTERM does
     stop_s = time.time() - stop_epoch
     listener.terminated.wait(30)
+    sink.close(60)
     if query.exception() is not None:
         raise RuntimeError(str(query.exception()))
     busy = [m for m in _progress(Path(settings.stream.metrics_path)) if m["input_rows"] > 0]
+    # a batch planned and not committed: cut by the stop, or held before its work (the resume runs it)
+    planned, committed = (last_batch(spark, settings.stream.checkpoint, log) for log in ("offsets", "commits"))
     return {"start_s": round(start_s, 1), "first_batch_epoch": first_epoch, "stop_epoch": stop_epoch,
             "stop_s": round(stop_s, 2), "batches": len(busy), "consumed": sum(m["input_rows"] for m in busy),
-            "batch_ms_median": median([m["batch_duration_ms"] for m in busy]) if busy else None}
+            "batch_ms_median": median([m["batch_duration_ms"] for m in busy]) if busy else None,
+            "stopped": stopped, "planned": planned, "committed": committed}
 
 
 def restart_resume(settings: Settings, work: Path, rate: float, fed_file: str, since_ms: float, stop_ms: float,

@@ -77,9 +77,14 @@ def test_the_restart_run_times_a_second_process_on_the_first_ones_checkpoint(kaf
     first, resume = restart["first"], restart.get("resume", {})
     assert "error" not in first and "error" not in resume, (first.get("error"), resume.get("error"))
     assert first["batches"] > 0 and any("warmed up in" in line for line in first["job_said"])  # a new query
+    # the stop let the batch in flight commit (or came between two batches): nothing replayed but a batch
+    # held before its work, and no signal sent twice
+    assert first["stopped"] in ("committed", "between batches"), first
+    assert first["planned"] - first["committed"] in (0, 1), first
     # the second process resumed the first one's checkpoint, found the ticks sent meanwhile and did not warm up
     assert any("no warm-up: the query resumes its checkpoint" in line for line in resume["job_said"])
     assert 0 < resume["process_started_at_s"] < resume["query_started_at_s"]
     assert resume["first_batch_at_s"] > resume["process_started_at_s"]
     assert resume["feeder"]["sent"] == 300 * 8 and resume["first_batch_ticks"] > 0
     assert resume["recovered_at_s"] is not None and resume["windows"]
+    assert resume["repeated_signals"] == 0

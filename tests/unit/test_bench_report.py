@@ -229,10 +229,12 @@ def test_the_table_shows_a_restarts_timeline_and_its_latency_window_by_window(re
               "windows": [{"from_s": -30, "p99_ms": 2_900.0}, {"from_s": -10, "p99_ms": 2_265.0},
                           {"from_s": 20, "p99_ms": 23_258.0}]}
     results = {"host": {"load_avg_start": [0.1], "load_avg_end": [0.2], "cpus": 2},
-               "runs": {"restart_20000": {"rate": 20_000, "first": {"stop_s": 0.1}, "resume": resume},
+               "runs": {"restart_20000": {"rate": 20_000, "first": {"stop_s": 0.1, "stopped": "committed"},
+                                          "resume": resume},
                         "restart_5000": {"rate": 5_000, "first": {"error": "exit 1: no broker\nmore"}}}}
     lines = report.table(results).splitlines()
     [line] = [row for row in lines if row.startswith("restart at 20,000")]
+    assert "(seconds from the stop): stopped in 0.1 (committed), process 1.3, query 10.0" in line
     assert "first batch 10.2 (17,590 ticks in 15,503 ms), caught up 44.1, back at steady latency 52.1 after " \
            "1,009,024 ticks; worst latency 35,098 ms" in line
     assert lines[lines.index(line) + 1] == "  p99 ms by 10 s of emission from the stop: -10: 2,265, 20: 23,258"

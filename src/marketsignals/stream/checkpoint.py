@@ -61,12 +61,13 @@ def state_layout(spark: SparkSession, checkpoint: str, configured: int, partitio
     return StateLayout(configured, partitions)
 
 
-def last_batch(spark: SparkSession, checkpoint: str) -> int | None:
+def last_batch(spark: SparkSession, checkpoint: str, log: str = "offsets") -> int | None:
     """The newest batch in the checkpoint's offset log (Spark's ``offsets/<batch id>``, written when a
     batch is planned): the query resumes after it, or reruns it if it has no commit. None where no
-    query has planned a batch there (no checkpoint yet, or an empty one)."""
+    query has planned a batch there (no checkpoint yet, or an empty one). ``log="commits"``: the newest
+    in its commit log (``commits/<batch id>``, written when a batch is done)."""
     fs, root = file_system(spark, checkpoint)
-    offsets = _path(spark, root, "offsets")
+    offsets = _path(spark, root, log)
     if not fs.exists(offsets):
         return None
     batches = [int(name) for status in fs.listStatus(offsets) if (name := status.getPath().getName()).isdigit()]
