@@ -238,8 +238,8 @@ def _first_batch(query, timeout_s: float = 300.0) -> float:
 def restart_first(settings: Settings, work: Path, run_s: float) -> dict:
     """(restart) phase "first": the job starts while the feed runs (bench.run started it), reads for
     ``run_s`` seconds from its first batch, and stops as a redeploy or a ``yarn application -kill``'s
-    SIGTERM stops it (``query.stop()``, the process ends). Its checkpoint and audit table stay for phase
-    "resume"."""
+    SIGTERM stops it (``stop_query``: the batch in flight finishes first; then the process ends). Its
+    checkpoint and audit table stay for phase "resume"."""
     from marketsignals.stream.checkpoint import last_batch
     from marketsignals.stream.job import start_stream, stop_query
     from marketsignals.stream.sinks import SignalSink

@@ -71,6 +71,10 @@ def test_the_newest_batch_and_where_it_ends_in_kafka_come_from_sparks_offset_log
             f'v1\n{{"batchWatermarkMs":0,"batchTimestampMs":1,"conf":{{}}}}\n{{"ticks":{{"0":{batch},"1":5}}}}')
         (location / "offsets" / f".{batch}.crc").write_bytes(b"")
     assert last_batch(spark, str(location)) == 10  # by number: "9" sorts after "10" by name
+    assert last_batch(spark, str(location), "commits") is None
+    (location / "commits").mkdir()
+    (location / "commits" / "9").write_text('v1\n{"nextBatchWatermarkMs":0}')
+    assert last_batch(spark, str(location), "commits") == 9  # batch 10 planned, not committed
     assert source_offsets(spark, str(location), 10) == {"ticks": {"0": 10, "1": 5}}
     (location / "offsets" / "11").write_text("v1\n{}\n-")  # a source without offsets: not this job's Kafka
     with pytest.raises(CheckpointRecordError, match="offsets/11 holds no Kafka offsets"):

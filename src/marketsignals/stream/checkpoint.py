@@ -67,10 +67,10 @@ def last_batch(spark: SparkSession, checkpoint: str, log: str = "offsets") -> in
     query has planned a batch there (no checkpoint yet, or an empty one). ``log="commits"``: the newest
     in its commit log (``commits/<batch id>``, written when a batch is done)."""
     fs, root = file_system(spark, checkpoint)
-    offsets = _path(spark, root, log)
-    if not fs.exists(offsets):
+    folder = _path(spark, root, log)
+    if not fs.exists(folder):
         return None
-    batches = [int(name) for status in fs.listStatus(offsets) if (name := status.getPath().getName()).isdigit()]
+    batches = [int(name) for status in fs.listStatus(folder) if (name := status.getPath().getName()).isdigit()]
     return max(batches, default=None)
 
 
