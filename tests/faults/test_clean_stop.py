@@ -112,7 +112,7 @@ def test_sigterm_in_the_middle_of_a_batch_lets_it_commit_and_sends_no_signal_twi
                        lambda: f"the job never got to a second batch:\n{job.output()}", interval_s=0.02)
             running = Progress.of(settings).planned
             # into the batch's compute job, as the test above aims (later after a stop that found the batch
-            # still being planned: that one is held at the sink's gate, which proves less)
+            # still being planned: interrupted there or held at the sink's gate, which proves less)
             time.sleep(0.3 * 2 ** sum(not w for *_, w in stops))
             assert job.terminate() == 0, f"SIGTERM did not stop the job cleanly:\n{job.output()}"
             after = Progress.of(settings)
