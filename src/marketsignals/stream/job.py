@@ -208,13 +208,11 @@ def stop_query(query: StreamingQuery, gate: StopGate, grace_s: float, cut: threa
     stop went: ``"committed"`` (it waited for the batch's commit), ``"between batches"`` (nothing to
     wait for), ``"cut"`` or ``"not active"`` (the query had ended)."""
     pending = gate.close(query)
-    outcome = "between batches"
     try:
         if not query.isActive:
             return "not active"
         if pending is None or _committed(query, pending):
-            return outcome
-        outcome = "cut"
+            return "between batches"
         if grace_s > 0:
             print(f"marketsignals: the streaming query stops once batch {pending} is committed (at most "
                   f"{grace_s:g} s: stream.stop_grace; a second SIGTERM or Ctrl-C stops it at once)", flush=True)
@@ -226,7 +224,7 @@ def stop_query(query: StreamingQuery, gate: StopGate, grace_s: float, cut: threa
         if not query.isActive:
             return "not active"
         print(f"marketsignals: batch {pending} is not committed yet: the stop cuts it", flush=True)
-        return outcome
+        return "cut"
     finally:
         if query.isActive:
             print("marketsignals: stopping the streaming query", flush=True)
