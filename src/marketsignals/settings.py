@@ -244,6 +244,11 @@ class StreamSettings(_Section):
     # cuts the batch (uncommitted: the next start replays it, and Kafka may get its signals twice). A
     # second signal cuts it at once. A platform that kills the driver sooner cuts it as a crash does.
     stop_grace: str = "30 seconds"
+    # How often the driver looks for a stop request, the file marketsignals.stop in the checkpoint
+    # (``marketsignals stop``, ``marketsignals emr stop``): the way to stop a job whose platform stops
+    # it by signalling the JVM (YARN, EMR Serverless, EMR on EKS), whose shutdown ends the query at once.
+    # The request stops the query as SIGTERM does (stop_grace), and is removed. 0: never looked for.
+    stop_check: str = "5 seconds"
 
     @field_validator("audit_table_properties", mode="before")
     @classmethod
@@ -255,7 +260,8 @@ class StreamSettings(_Section):
                 raise ValueError(f"expected Delta table properties (delta.<name>), got {key!r}")
         return _as_text(value)  # Delta takes every property as text
 
-    @field_validator("watermark_delay", "max_future_skew", "state_idle_timeout", "stop_grace")
+    @field_validator("watermark_delay", "max_future_skew", "state_idle_timeout", "stop_grace",
+                     "stop_check")
     @classmethod
     def _is_duration(cls, value: str) -> str:
         duration_ms(value)
@@ -288,6 +294,10 @@ class StreamSettings(_Section):
     @property
     def stop_grace_ms(self) -> int:
         return duration_ms(self.stop_grace)
+
+    @property
+    def stop_check_ms(self) -> int:
+        return duration_ms(self.stop_check)
 
     @property
     def state_idle_timeout_ms(self) -> int:

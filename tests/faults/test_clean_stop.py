@@ -14,6 +14,7 @@ that hit a batch) instead of stopping quietly.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +31,8 @@ from faults.harness import (
     wait_until,
     write_settings,
 )
-from marketsignals import feed
+from marketsignals import feed, stop_request
+from marketsignals.cli import main
 
 pytestmark = pytest.mark.faults
 
@@ -141,6 +143,56 @@ def test_sigterm_in_the_middle_of_a_batch_lets_it_commit_and_sends_no_signal_twi
     assert kafka["kafka_repeats"] == 0, kafka  # nothing was replayed: no signal went to Kafka twice
     figures.add(messages=len(sent), stops=len(stops), waited=sum(w for *_, w in stops), **kafka,
                 **assert_audit_exactly(audit_signals(spark, settings), expected))
+
+
+def test_a_stop_request_in_the_checkpoint_stops_the_job_as_sigterm_does(spark, kafka_broker, tmp_path, figures):
+    """What EMR needs: its platforms signal the JVM, whose shutdown cuts the batch in flight, so the driver
+    also stops at a request in its checkpoint (``marketsignals stop``). A job that starts with one waiting
+    (for the job before it) does not start its query."""
+    settings = kafka_broker.isolated("request", f"kafka.max_offsets_per_trigger={BATCH}",
+                                     "stream.trigger=processingTime=200 milliseconds", "stream.stop_check=1 second",
+                                     "spark.log_level=WARN", f"spark.conf.spark.local.dir={tmp_path}/spark-local")
+    sent = produce_recorded(settings.kafka, feed.generate(feed.FeedOptions(
+        symbols=feed.symbol_names(20), count=4 * BATCH, start_ms=START_MS, seed=41,
+        topics=tuple(settings.kafka.topics))))
+    conf = write_settings(settings, tmp_path / "job.yaml")
+    request = Path(stop_request.location(settings.stream.checkpoint))
+    job = JobProcess(conf, tmp_path / "job")
+    try:
+        job.start()
+        start = Progress.of(settings)
+        wait_until(lambda: next_batch_running(job, settings, start), 240,
+                   lambda: f"the job never got to a second batch:\n{job.output()}", interval_s=0.02)
+        assert main(["stop", "--conf", str(conf)]) == 0
+        assert request.is_file()
+        assert job.wait(120) == 0, job.output()  # it stopped by itself, within stream.stop_check and its batch
+        out = job.stdout.read_text()
+        assert f"stop requested in {request}" in out and f"removed the stop request {request}" in out, out
+        assert "cut by the stop" not in out and "the stop cuts it" not in out, job.output()
+        for bad in NOT_IN_THE_LOG:
+            assert bad not in job.stderr.read_text(errors="replace"), job.output(80)
+        assert not request.exists()
+        stopped = Progress.of(settings)
+        assert stopped.committed > start.committed and stopped.planned - stopped.committed in (0, 1), stopped
+        assert stopped.audited <= stopped.committed, stopped
+
+        # a request no job acted on: the next job reads it, removes it and starts nothing
+        assert main(["stop", "--conf", str(conf)]) == 0
+        job.start()
+        assert job.wait(120) == 0, job.output()
+        out = job.stdout.read_text()
+        assert f"a stop request waits in {request}" in out and "the streaming query does not start" in out, out
+        assert not request.exists() and Progress.of(settings) == stopped
+    finally:
+        if job.alive():
+            job.kill9()
+
+    catch_up(spark, settings)
+    expected = expected_signals(spark, settings)
+    assert len(expected) > 50
+    kafka = assert_kafka_signals(settings.kafka, expected)
+    assert kafka["kafka_repeats"] == 0, kafka  # nothing was replayed: no signal went to Kafka twice
+    figures.add(messages=len(sent), **kafka, **assert_audit_exactly(audit_signals(spark, settings), expected))
 
 
 def next_batch_running(job: JobProcess, settings, start: Progress) -> bool:

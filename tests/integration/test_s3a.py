@@ -157,3 +157,24 @@ def test_a_stream_with_its_checkpoint_and_audit_table_on_s3a(spark, kafka_broker
     assert sum(m["input_rows"] for m in again) == 300
     assert audit.count() == signals + sum(m.get("signals", 0) for m in again)
     assert audit.select("signal_id").distinct().count() == audit.count()
+
+
+def test_the_driver_reads_a_stop_request_written_with_boto3_and_removes_it(spark, s3):
+    """`marketsignals emr stop` writes the request with boto3; the driver looks for it through the JVM's
+    file system (S3A here, EMRFS or S3A on EMR), every stream.stop_check: one HEAD while none waits."""
+    from marketsignals import stop_request
+    from marketsignals.stream import checkpoint
+
+    bucket, client, requests = s3
+    cp = f"s3a://{bucket}/checkpoints/stream"
+    client.put_object(Bucket=bucket, Key="checkpoints/stream/metadata", Body=b'{"id":"q"}')
+    assert checkpoint.stop_request(spark, cp) is None  # S3A's file system made and warmed up
+    before = len(requests)
+    assert checkpoint.stop_request(spark, cp) is None
+    assert [method for method, _ in requests[before:]] == ["HEAD"]
+    assert stop_request.write(cp, client) == f"{cp}/marketsignals.stop"
+    said = checkpoint.stop_request(spark, cp)
+    assert said is not None and "requested_at" in said
+    checkpoint.remove_stop_request(spark, cp)
+    assert checkpoint.stop_request(spark, cp) is None
+    assert client.list_objects_v2(Bucket=bucket, Prefix="checkpoints/stream/")["KeyCount"] == 1  # metadata only

@@ -12,7 +12,7 @@ def test_local_profile_loads_spec_defaults():
     assert s.kafka.topics == ["market-data", "level2-data", "trade-data"]
     assert s.stream.ordering == "arrival" and s.stream.emission == "on_change"
     assert s.stream.watermark_delay_ms == 30_000 and s.stream.max_future_skew_ms == 5_000
-    assert s.stream.stop_grace_ms == 30_000
+    assert s.stream.stop_grace_ms == 30_000 and s.stream.stop_check_ms == 5_000
     assert s.strategy.signal_max_risk == 2.0 and s.strategy.liquidity_penalty_low == 3.0
 
 
@@ -158,6 +158,7 @@ def test_an_audit_table_property_outside_delta_is_refused():
     ("kafka.partitions=zero", ["kafka.partitions", "zero"]),
     ("stream.watermark_delay=soon", ["stream.watermark_delay", "30 seconds"]),
     ("stream.stop_grace=later", ["stream.stop_grace", "30 seconds"]),
+    ("stream.stop_check=often", ["stream.stop_check", "30 seconds"]),
     ("stream.trigger=continuous", ["stream.trigger", "availableNow"]),
     ("broker.port=70000", ["broker.port"]),
     ("stream.state_buckets=0", ["stream.state_buckets", "greater than or equal to 1"]),

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "feed": "Produce synthetic market ticks to Kafka or to a parquet history",
     "stream": "Run the streaming signals job (Kafka ticks -> risk-scored signals)",
     "backtest": "Backtest the strategy on historical ticks (same logic as live)",
+    "stop": "Ask the streaming job on the profile's checkpoint to stop after its batch in flight",
     "live": "Broker + feed + streaming job + live console view (what `make run` runs)",
     "emr": "Package, render and run the jobs on Amazon EMR (EC2 steps, Serverless, EKS)",
 }
@@ -53,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings: Settings = load_settings(args.profile, args.overrides, conf_file=args.conf_file)
-        if args.command != "emr":  # emr renders requests for the cluster, which resolves its own secrets
+        if args.command not in ("emr", "stop"):  # emr renders requests for the cluster, which resolves its own
+            # secrets; stop writes a file to the checkpoint
             from marketsignals.secrets import resolve_secrets
 
             settings = resolve_secrets(settings)

@@ -23,8 +23,10 @@ import json
 import logging
 from typing import NamedTuple
 
+from py4j.protocol import Py4JJavaError
 from pyspark.sql import SparkSession
 
+from marketsignals import stop_request as stop_requests
 from marketsignals.stream import error_line
 
 _log = logging.getLogger(__name__)
@@ -82,6 +84,25 @@ def source_offsets(spark: SparkSession, checkpoint: str, batch: int) -> dict[str
     if len(lines) < 3 or not lines[2].startswith("{"):
         raise CheckpointRecordError(f"{checkpoint}/offsets/{batch} holds no Kafka offsets")
     return json.loads(lines[2])
+
+
+def stop_request(spark: SparkSession, checkpoint: str) -> str | None:
+    """The text of the stop request waiting in the checkpoint (marketsignals/stop_request.py), or None.
+    Read without asking first whether it is there: on S3A a missing one costs a HEAD (``exists`` adds a
+    LIST, for a folder of that name)."""
+    fs, root = file_system(spark, checkpoint)
+    try:
+        return _read(fs, _path(spark, root, stop_requests.FILE)).strip()
+    except Py4JJavaError as exc:
+        if spark._jvm.java.lang.Class.forName("java.io.FileNotFoundException").isInstance(exc.java_exception):
+            return None
+        raise
+
+
+def remove_stop_request(spark: SparkSession, checkpoint: str) -> None:
+    """Remove the checkpoint's stop request, once it has been acted on."""
+    fs, root = file_system(spark, checkpoint)
+    fs.delete(_path(spark, root, stop_requests.FILE), False)
 
 
 def read_text(spark: SparkSession, checkpoint: str, name: str) -> str:

@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 from pyspark.sql.streaming.state import GroupStateTimeout
 
-from marketsignals import kernel
+from marketsignals import kernel, stop_request
 from marketsignals.kernel import KernelConfig
 from marketsignals.schema import (
     ASK,
@@ -242,10 +242,59 @@ def _committed(query: StreamingQuery, batch_id: int) -> bool:
                                               and "addBatch" in (progress["durationMs"] or {}))
 
 
+class StopRequests:
+    """The checkpoint's stop request (marketsignals/stop_request.py), looked for every ``interval_s`` (0:
+    never). A failure to look is reported once, until a look succeeds again, and stops nothing."""
+
+    def __init__(self, spark: SparkSession, checkpoint_path: str, interval_s: float) -> None:
+        self.spark, self.checkpoint, self.interval_s = spark, checkpoint_path, interval_s
+        self.location = stop_request.location(checkpoint_path)
+        self._next = time.monotonic() + interval_s
+        self._failing = False
+
+    def due(self) -> bool:
+        """Whether it is time to look again (then the next look is ``interval_s`` away)."""
+        if self.interval_s <= 0 or time.monotonic() < self._next:
+            return False
+        self._next = time.monotonic() + self.interval_s
+        return True
+
+    def look(self) -> str | None:
+        """The request's text if one waits (never with ``interval_s`` 0), else None."""
+        if self.interval_s <= 0:
+            return None
+        try:
+            found = checkpoint.stop_request(self.spark, self.checkpoint)
+        except Exception as exc:  # the stream goes on; a signal still stops it
+            if not self._failing:
+                print(f"marketsignals: could not look for a stop request at {self.location} "
+                      f"({error_line(exc, 300)}); trying again every {self.interval_s:g} s", flush=True)
+            self._failing = True
+            return None
+        self._failing = False
+        return found
+
+    def remove(self) -> None:
+        try:
+            checkpoint.remove_stop_request(self.spark, self.checkpoint)
+        except Exception as exc:  # said: the next start would not start its query
+            print(f"marketsignals: could not remove the stop request {self.location} ({error_line(exc, 300)}): "
+                  f"remove it before the next start, which otherwise stops at once", flush=True)
+            return
+        print(f"marketsignals: removed the stop request {self.location}", flush=True)
+
+
 def run(spark: SparkSession, settings: Settings) -> int:
-    """Start the query and wait; SIGTERM or Ctrl-C stops it cleanly: the batch in flight finishes
-    (:func:`stop_query`; a second signal, or the end of ``stream.stop_grace``, cuts it, and it is
-    replayed from the checkpoint next time)."""
+    """Start the query and wait; SIGTERM or Ctrl-C, or a stop request in the checkpoint (``stream.stop_check``),
+    stops it cleanly: the batch in flight finishes (:func:`stop_query`; a second signal, or the end of
+    ``stream.stop_grace``, cuts it, and it is replayed from the checkpoint next time)."""
+    requests = StopRequests(spark, settings.stream.checkpoint, settings.stream.stop_check_ms / 1000)
+    waiting = requests.look()
+    if waiting is not None:  # for the job before this one, e.g. one its platform restarted after a failure
+        print(f"marketsignals: a stop request waits in {requests.location} ({waiting}): the streaming query does "
+              f"not start", flush=True)
+        requests.remove()
+        return 0
     listener = MetricsListener(settings.stream.metrics_path)
     sink = SignalSink(settings)
     stop, cut = threading.Event(), threading.Event()
@@ -269,6 +318,7 @@ def run(spark: SparkSession, settings: Settings) -> int:
             raise
         print(f"marketsignals: {exc}", flush=True)
         return 0
+    requested = False
     try:
         while query.isActive and not stop.is_set():
             try:
@@ -276,6 +326,10 @@ def run(spark: SparkSession, settings: Settings) -> int:
                 query.awaitTermination(STOP_POLL_S)
             except StreamingQueryException:
                 break  # reported below, from query.exception(), as one restartable line
+            if requests.due() and (request := requests.look()) is not None:
+                print(f"marketsignals: stop requested in {requests.location} ({request})", flush=True)
+                requested = True
+                stop.set()
     finally:
         try:
             stop_query(query, sink.gate, settings.stream.stop_grace_ms / 1000, cut)
@@ -287,6 +341,8 @@ def run(spark: SparkSession, settings: Settings) -> int:
             print("marketsignals: the audit table's compaction or checkpoint did not finish in time; the next one "
                   "comes later", flush=True)
     exc = query.exception()
+    if requested and exc is None:
+        requests.remove()
     if exc is not None:
         text = error_text(exc)
         incompatible = _incompatible_state(text)
