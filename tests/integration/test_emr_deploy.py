@@ -409,3 +409,47 @@ def _run_script(script: Path, moto: MotoServer) -> dict[str, Any]:
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def test_stop_writes_the_request_the_driver_looks_for_and_a_start_clears_a_stale_one(
+    moto: MotoServer, artifact: Artifact, artifact_emr7: Artifact, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`emr stop`: the platforms' own stop signals the JVM, which cuts the batch in flight, so the job is
+    asked through its checkpoint (marketsignals/stop_request.py; the driver's side: tests/faults)."""
+    s3 = moto.client("s3")
+    for bucket in BUCKETS["us-east-1"]:
+        s3.create_bucket(Bucket=bucket)  # moto's us-east-1: creating one that exists is no error
+    checkpoint = context(artifact).app_settings.stream.checkpoint
+    assert checkpoint == "s3://acme-data/marketsignals/checkpoints/stream"
+    key = "marketsignals/checkpoints/stream/marketsignals.stop"
+
+    def requested() -> bool:
+        return s3.list_objects_v2(Bucket="acme-data", Prefix=key).get("KeyCount", 0) == 1
+
+    # no query has started there: refused, nothing written
+    assert emr(moto, artifact, "stop", "--region", "us-east-1") == 2
+    assert "no streaming query has started with the checkpoint" in capsys.readouterr().err
+    assert not requested()
+
+    s3.put_object(Bucket="acme-data", Key="marketsignals/checkpoints/stream/metadata", Body=b'{"id":"q"}')
+    assert emr(moto, artifact, "stop", "--region", "us-east-1") == 0
+    assert f"stop requested at {checkpoint}/marketsignals.stop" in capsys.readouterr().out
+    said = json.loads(s3.get_object(Bucket="acme-data", Key=key)["Body"].read())
+    assert set(said) == {"requested_at", "by"}
+
+    # a streaming job about to start removes a request no job acted on; a batch job leaves it
+    assert emr(moto, artifact_emr7, "upload", "--region", "us-east-1") == 0
+    assert emr(moto, artifact_emr7, "submit-serverless", "--region", "us-east-1", "--job", "backtest") == 0
+    assert requested()
+    assert emr(moto, artifact_emr7, "submit-serverless", "--region", "us-east-1") == 0
+    out = capsys.readouterr().out
+    assert f"removed a stop request no job acted on: s3://acme-data/{key}" in out and not requested()
+    app_id, run_id = out.rsplit("--application-id ", 1)[1].split(" --job-run-id ")
+    run_id = run_id.split()[0]
+
+    # with the job's ids, stop waits until it has finished (moto ends every job run at once)
+    assert emr(moto, artifact_emr7, "stop", "--region", "us-east-1", "--application-id", app_id,
+               "--job-run-id", run_id, "--timeout", "10", "--interval", "0.2") == 0
+    out = capsys.readouterr().out
+    assert "stop requested at" in out and f"job run {run_id}" in out and "SUCCESS" in out, out
+    assert requested()  # the driver removes it when it stops; moto runs no driver

@@ -21,7 +21,7 @@ from marketsignals.emr.artifact import Artifact
 from marketsignals.emr.deployment import DEFAULT_PROFILE, Deployment, load_profile
 from marketsignals.settings import Settings
 
-ACTIONS = ("render", "upload", "create-cluster", "add-steps", "submit-serverless", "submit-eks", "status")
+ACTIONS = ("render", "upload", "create-cluster", "add-steps", "submit-serverless", "submit-eks", "status", "stop")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "render: print (or --write) every request and aws CLI command; upload: dist/ to S3; "
             "create-cluster: EMR on EC2 (--with-steps to start the jobs); add-steps: to --cluster-id; "
             "submit-serverless / submit-eks: start a job run (creating the application / virtual cluster "
-            "on first use); status: wait for a cluster's steps or a job run, print states and log locations"
+            "on first use); status: wait for a cluster's steps or a job run, print states and log locations; "
+            "stop: ask the streaming job to stop after its batch in flight (a stop request in its checkpoint; "
+            "with the ids status takes, then wait until it has finished)"
         ),
     )
     parser.add_argument(
@@ -79,11 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="create-cluster: a cluster that terminates after its steps or when idle",
     )
-    parser.add_argument("--cluster-id", help="add-steps / status: the EMR cluster (j-...)")
-    parser.add_argument("--step-id", action="append", default=[], help="status: only these steps")
-    parser.add_argument("--application-id", help="status: the EMR Serverless application")
-    parser.add_argument("--virtual-cluster-id", help="status: the EMR on EKS virtual cluster")
-    parser.add_argument("--job-run-id", help="status: the Serverless / EKS job run")
+    parser.add_argument("--cluster-id", help="add-steps / status / stop: the EMR cluster (j-...)")
+    parser.add_argument("--step-id", action="append", default=[], help="status / stop: only these steps")
+    parser.add_argument("--application-id", help="status / stop: the EMR Serverless application")
+    parser.add_argument("--virtual-cluster-id", help="status / stop: the EMR on EKS virtual cluster")
+    parser.add_argument("--job-run-id", help="status / stop: the Serverless / EKS job run")
     parser.add_argument(
         "--until",
         choices=["running", "finished"],
@@ -113,6 +115,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     ]
     if args.action == "render":
         return _render(args, contexts)
+    if args.action == "stop" and _status_ids(args) and len(regions) != 1:
+        raise UserError("stop waits for a job in one region: pass exactly one --region with the job's ids")
     failures = 0
     for ctx in contexts:
         region = ctx.deployment.region
@@ -123,7 +127,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         except (ClientError, BotoCoreError) as exc:  # one region failing does not stop the others
             failures += 1
             print(f"{region}: {args.action} failed: {exc}")
+    if args.action == "stop" and not failures and _status_ids(args):
+        args.until = "finished"
+        return _status(args, deploy.Aws(regions[0], args.endpoint_url))
     return 1 if failures else 0
+
+
+def _status_ids(args: argparse.Namespace) -> bool:
+    return bool(args.cluster_id or args.application_id or args.virtual_cluster_id or args.job_run_id)
 
 
 def _act(args: argparse.Namespace, ctx: RenderContext, aws: deploy.Aws) -> None:
@@ -139,6 +150,8 @@ def _act(args: argparse.Namespace, ctx: RenderContext, aws: deploy.Aws) -> None:
             raise UserError("add-steps needs --cluster-id j-...")
         deploy.add_steps(aws, ctx, args.cluster_id, _jobs(args, ctx.deployment))
         print(f"next: marketsignals emr status --region {region} --cluster-id {args.cluster_id}")
+    elif args.action == "stop":
+        deploy.request_stop(aws, ctx)
     elif args.action == "submit-serverless":
         for job in _jobs(args, ctx.deployment):
             app_id, run_id = deploy.submit_serverless(aws, ctx, job)

@@ -12,10 +12,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import boto3
 from botocore.exceptions import ClientError
 
+from marketsignals import stop_request
 from marketsignals.emr import api_requests
 from marketsignals.emr.api_requests import RenderContext
 from marketsignals.emr.artifact import MANIFEST, sha256_file
@@ -109,6 +111,57 @@ def require_uploaded(aws: Aws, ctx: RenderContext) -> None:
         ) from None
 
 
+# --- stopping the streaming job ---------------------------------------------------------------------
+
+
+def _stop_request_key(ctx: RenderContext) -> tuple[str, str] | None:
+    """The streaming job's stop request (marketsignals/stop_request.py) as (bucket, key); None for a
+    checkpoint outside S3."""
+    require_filled(ctx.deployment, ("s3", "app_settings"), ctx.profile_source)
+    checkpoint = ctx.app_settings.stream.checkpoint
+    if urlparse(checkpoint).scheme not in stop_request.S3_SCHEMES:
+        return None
+    return stop_request.s3_key(stop_request.location(checkpoint))
+
+
+def request_stop(aws: Aws, ctx: RenderContext, report: Report = print) -> str:
+    """Ask the streaming job on the deployment's checkpoint to stop after its batch in flight: its driver
+    finds the request within stream.stop_check, stops the query, removes the request and exits 0. (The
+    platforms' own stop -- CancelSteps, CancelJobRun -- signals the JVM, which cuts the batch.)"""
+    checkpoint = ctx.app_settings.stream.checkpoint
+    if _stop_request_key(ctx) is None:
+        raise ValueError(f"stream.checkpoint {checkpoint} is not on S3: write any file at "
+                         f"{stop_request.location(checkpoint)} to stop the job")
+    try:
+        written = stop_request.write(checkpoint, aws.client("s3"))
+    except stop_request.StopRequestError as exc:
+        raise ValueError(str(exc)) from None
+    stream = ctx.app_settings.stream
+    report(f"stop requested at {written}: the streaming job stops within {stream.stop_check} "
+           f"(stream.stop_check), once its batch in flight is committed (at most {stream.stop_grace}), and ends")
+    return written
+
+
+def clear_stop_request(aws: Aws, ctx: RenderContext, jobs: Sequence[str], report: Report = print) -> None:
+    """Before a streaming job starts: remove a stop request no job acted on (written while none ran), which
+    would keep the new job from starting its query."""
+    if not any(ctx.deployment.job(job).streaming for job in jobs):
+        return
+    found = _stop_request_key(ctx)
+    if found is None:
+        return
+    bucket, key = found
+    s3 = aws.client("s3")
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return
+        raise
+    s3.delete_object(Bucket=bucket, Key=key)
+    report(f"removed a stop request no job acted on: s3://{bucket}/{key}")
+
+
 # --- EMR on EC2 -------------------------------------------------------------------------------------
 
 
@@ -132,6 +185,7 @@ def create_cluster(
     require_uploaded(aws, ctx)
     if ctx.deployment.security:
         ensure_security_configuration(aws, ctx, report)
+    clear_stop_request(aws, ctx, jobs, report)
     request = api_requests.run_job_flow(ctx, jobs, transient=transient)
     cluster_id = str(aws.call("emr", "run_job_flow", request)["JobFlowId"])
     report(
@@ -146,6 +200,7 @@ def add_steps(
 ) -> list[str]:
     ctx.checked("ec2")
     require_uploaded(aws, ctx)
+    clear_stop_request(aws, ctx, jobs, report)
     request = api_requests.add_job_flow_steps(ctx, jobs, cluster_id=cluster_id)
     step_ids = [str(s) for s in aws.call("emr", "add_job_flow_steps", request)["StepIds"]]
     for job, step_id in zip(jobs, step_ids, strict=True):
@@ -178,6 +233,7 @@ def ensure_application(aws: Aws, ctx: RenderContext, report: Report = print) -> 
 def submit_serverless(aws: Aws, ctx: RenderContext, job: str, report: Report = print) -> tuple[str, str]:
     ctx.checked("serverless")
     require_uploaded(aws, ctx)
+    clear_stop_request(aws, ctx, [job], report)
     app_id = ensure_application(aws, ctx, report)
     request = api_requests.start_serverless_job_run(ctx, job, application_id=app_id)
     run_id = str(aws.call("emr-serverless", "start_job_run", request)["jobRunId"])
@@ -207,6 +263,7 @@ def ensure_virtual_cluster(aws: Aws, ctx: RenderContext, report: Report = print)
 def submit_eks(aws: Aws, ctx: RenderContext, job: str, report: Report = print) -> tuple[str, str]:
     ctx.checked("eks")
     require_uploaded(aws, ctx)
+    clear_stop_request(aws, ctx, [job], report)
     vc_id = ensure_virtual_cluster(aws, ctx, report)
     request = api_requests.start_eks_job_run(ctx, job, virtual_cluster_id=vc_id)
     run_id = str(aws.call("emr-containers", "start_job_run", request)["id"])
