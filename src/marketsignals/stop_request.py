@@ -57,6 +57,17 @@ def s3_key(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
+def s3_exists(s3: Any, bucket: str, key: str) -> bool:
+    """Whether the object is there (a HEAD; any error but "not found" is raised)."""
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except s3.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
+
+
 def write(checkpoint: str, s3: Any = None) -> str:
     """Write the stop request for the query checkpointed at ``checkpoint``; returns its location. The
     checkpoint must hold a query's ``metadata`` (Spark writes it when the query first starts): a request
@@ -69,7 +80,7 @@ def write(checkpoint: str, s3: Any = None) -> str:
             raise StopRequestError(f"an S3 client is needed to write {target}")
         bucket, key = s3_key(target)
         metadata_key = key.rsplit("/", 1)[0] + "/metadata"
-        if not s3.list_objects_v2(Bucket=bucket, Prefix=metadata_key, MaxKeys=1).get("KeyCount"):
+        if not s3_exists(s3, bucket, metadata_key):
             raise StopRequestError(_no_query(checkpoint, f"s3://{bucket}/{metadata_key}"))
         s3.put_object(Bucket=bucket, Key=key, Body=content().encode(), ContentType="application/json")
         return target

@@ -128,15 +128,11 @@ def request_stop(aws: Aws, ctx: RenderContext, report: Report = print) -> str:
     """Ask the streaming job on the deployment's checkpoint to stop after its batch in flight: its driver
     finds the request within stream.stop_check, stops the query, removes the request and exits 0. (The
     platforms' own stop -- CancelSteps, CancelJobRun -- signals the JVM, which cuts the batch.)"""
-    checkpoint = ctx.app_settings.stream.checkpoint
-    if _stop_request_key(ctx) is None:
-        raise ValueError(f"stream.checkpoint {checkpoint} is not on S3: write any file at "
-                         f"{stop_request.location(checkpoint)} to stop the job")
-    try:
-        written = stop_request.write(checkpoint, aws.client("s3"))
-    except stop_request.StopRequestError as exc:
-        raise ValueError(str(exc)) from None
     stream = ctx.app_settings.stream
+    if _stop_request_key(ctx) is None:
+        raise ValueError(f"stream.checkpoint {stream.checkpoint} is not on S3: write any file at "
+                         f"{stop_request.location(stream.checkpoint)} to stop the job")
+    written = stop_request.write(stream.checkpoint, aws.client("s3"))  # StopRequestError: a ValueError, said as is
     report(f"stop requested at {written}: the streaming job stops within {stream.stop_check} "
            f"(stream.stop_check), once its batch in flight is committed (at most {stream.stop_grace}), and ends")
     return written
@@ -152,12 +148,8 @@ def clear_stop_request(aws: Aws, ctx: RenderContext, jobs: Sequence[str], report
         return
     bucket, key = found
     s3 = aws.client("s3")
-    try:
-        s3.head_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return
-        raise
+    if not stop_request.s3_exists(s3, bucket, key):
+        return
     s3.delete_object(Bucket=bucket, Key=key)
     report(f"removed a stop request no job acted on: s3://{bucket}/{key}")
 
