@@ -79,9 +79,9 @@ def write(checkpoint: str, s3: Any = None) -> str:
         if s3 is None:
             raise StopRequestError(f"an S3 client is needed to write {target}")
         bucket, key = s3_key(target)
-        metadata_key = key.rsplit("/", 1)[0] + "/metadata"
-        if not s3_exists(s3, bucket, metadata_key):
-            raise StopRequestError(_no_query(checkpoint, f"s3://{bucket}/{metadata_key}"))
+        metadata = s3_key(f"{checkpoint.rstrip('/')}/metadata")
+        if not s3_exists(s3, *metadata):
+            raise StopRequestError(_no_query(checkpoint, "s3://{}/{}".format(*metadata)))
         s3.put_object(Bucket=bucket, Key=key, Body=content().encode(), ContentType="application/json")
         return target
     if scheme not in ("", "file"):

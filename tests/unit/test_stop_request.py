@@ -50,3 +50,30 @@ def test_the_stop_command_writes_the_profiles_request_or_says_what_is_wrong(tmp_
     out = capsys.readouterr().out
     assert f"requested at {checkpoint}/marketsignals.stop" in out and "within 2 seconds" in out
     assert (checkpoint / "marketsignals.stop").is_file()
+
+
+def test_on_s3_the_request_goes_beside_the_checkpoints_metadata_even_at_a_buckets_root(monkeypatch):
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_CONFIG_FILE", "/dev/null"), ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")):
+        monkeypatch.setenv(name, value)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+        s3.create_bucket(Bucket="bkt")
+        for checkpoint, prefix in (("s3a://bkt/cp/", "cp/"), ("s3://bkt", "")):
+            with pytest.raises(stop_request.StopRequestError, match=f"s3://bkt/{prefix}metadata is missing"):
+                stop_request.write(checkpoint, s3)
+            s3.put_object(Bucket="bkt", Key=f"{prefix}metadata", Body=b"{}")
+            assert stop_request.write(checkpoint, s3) == f"{checkpoint.rstrip('/')}/marketsignals.stop"
+            assert stop_request.s3_exists(s3, "bkt", f"{prefix}marketsignals.stop")
+    finally:
+        server.stop()
