@@ -127,7 +127,7 @@ def _stop_request_key(ctx: RenderContext) -> tuple[str, str] | None:
 def request_stop(aws: Aws, ctx: RenderContext, report: Report = print) -> str:
     """Ask the streaming job on the deployment's checkpoint to stop after its batch in flight: its driver
     finds the request within stream.stop_check, stops the query, removes the request and exits 0. (The
-    platforms' own stop -- CancelSteps, CancelJobRun -- signals the JVM, which cuts the batch.)"""
+    platforms' own stops -- YARN's kill, CancelJobRun -- signal the JVM, which cuts the batch.)"""
     stream = ctx.app_settings.stream
     if _stop_request_key(ctx) is None:
         raise ValueError(f"stream.checkpoint {stream.checkpoint} is not on S3: write any file at "
