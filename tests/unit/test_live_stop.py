@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 
-from marketsignals.cli.live import _stop
+from marketsignals.cli.live import _stop, exit_code_after
 
 # exits with the number of SIGTERMs it got once it got `needed` of them (a job waiting for its batch: 2)
 CHILD = """
@@ -48,3 +48,10 @@ def test_a_child_still_running_after_the_grace_is_killed():
     began = time.monotonic()
     _stop("stream", proc, grace_s=0.5)
     assert proc.returncode == -9 and time.monotonic() - began < 10
+
+
+def test_live_ends_cleanly_when_the_job_does_and_fails_when_a_child_stops_otherwise():
+    assert exit_code_after("stream", 0) == 0  # `marketsignals stop`: the job let its batch commit and exited
+    assert exit_code_after("stream", 2) == 2  # a user error, said in its log
+    assert exit_code_after("stream", -9) == 1  # killed
+    assert exit_code_after("feed", 0) == 1  # the feed ended: no ticks any more

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     # the job's stop waits for its batch in flight (stream.stop_grace), then for the audit table's upkeep
     job_grace_s = settings.stream.stop_grace_ms / 1000 + MAINTENANCE_WAIT_S + 30
-    exit_code = 0  # a child that exits by itself (the job or the feed stopped): live fails too
+    exit_code = 0  # a child that exits by itself: exit_code_after
     try:
         for name, cmd in (("stream", job_cmd), ("feed", feed_cmd)):
             log_starts[name] = log_paths[name].stat().st_size if log_paths[name].exists() else 0
@@ -77,7 +77,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             nonlocal exit_code
             for name, proc in children:
                 if proc.poll() is not None:
-                    exit_code = proc.returncode if proc.returncode > 0 else 1  # by a signal, or 0: still 1
+                    exit_code = exit_code_after(name, proc.returncode)
+                    if exit_code == 0:
+                        print(f"live: the streaming job ended cleanly (a stop request, or a bounded trigger); see "
+                              f"{log_paths[name]}")
+                        return True
                     print(f"live: {name} exited with code {proc.returncode}; see {log_paths[name]}")
                     reason = last_error(log_paths[name], log_starts[name])
                     if reason:
@@ -114,6 +118,15 @@ def last_error(log: Path, start: int = 0) -> str | None:
     except OSError:
         return None
     return next((line.strip() for line in reversed(lines) if ": error: " in line), None)
+
+
+def exit_code_after(name: str, returncode: int) -> int:
+    """live's exit code once its child ``name`` has exited by itself with ``returncode``: 0 for a job that
+    ended cleanly (exit 0: a stop request, ``marketsignals stop``, or a bounded trigger), else the child's
+    code; 1 for a feed that ended, or a child killed by a signal."""
+    if name == "stream" and returncode == 0:
+        return 0
+    return returncode if returncode > 0 else 1
 
 
 def _stop(name: str, proc: subprocess.Popen, grace_s: float = 60.0, again: threading.Event | None = None) -> None:
