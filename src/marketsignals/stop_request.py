@@ -96,6 +96,19 @@ def write(checkpoint: str, s3: Any = None) -> str:
     return str(root / FILE)
 
 
+def remove_local(checkpoint: str) -> str | None:
+    """Remove a stop request no job acted on from a local checkpoint, before a job is started there by hand
+    (``marketsignals live``); returns its path if there was one. None for other file systems."""
+    if urlparse(checkpoint).scheme not in ("", "file"):
+        return None
+    path = Path(checkpoint.removeprefix("file://")) / FILE
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    return str(path)
+
+
 def _no_query(checkpoint: str, metadata: str) -> str:
     return (f"no streaming query has started with the checkpoint {checkpoint} ({metadata} is missing): check "
             f"stream.checkpoint (--profile / --set) and that the job runs")

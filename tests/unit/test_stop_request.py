@@ -39,6 +39,15 @@ def test_a_request_is_written_only_where_a_query_has_started(tmp_path):
         stop_request.write("s3://bucket/cp")
 
 
+def test_a_request_no_job_acted_on_is_removed_before_live_starts_one(tmp_path):
+    (tmp_path / "metadata").write_text("{}")
+    assert stop_request.remove_local(str(tmp_path)) is None
+    stop_request.write(str(tmp_path))
+    assert stop_request.remove_local(f"file://{tmp_path}") == str(tmp_path / "marketsignals.stop")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metadata"]
+    assert stop_request.remove_local("s3://bkt/cp") is None  # not live's: the job's own start handles it
+
+
 def test_the_stop_command_writes_the_profiles_request_or_says_what_is_wrong(tmp_path, capsys):
     checkpoint = tmp_path / "cp"
     args = ["stop", "--set", f"stream.checkpoint={checkpoint}"]

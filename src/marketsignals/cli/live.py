@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from marketsignals import stop_request
 from marketsignals.local_broker import LocalBroker
 from marketsignals.settings import Settings
 
@@ -39,6 +40,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             shutil.rmtree(path, ignore_errors=True)
         if settings.stream.metrics_path:
             Path(settings.stream.metrics_path).unlink(missing_ok=True)
+    left = stop_request.remove_local(settings.stream.checkpoint)  # it would stop the job as it starts
+    if left:
+        print(f"live: removed a stop request no job acted on ({left})", flush=True)
     cli = [sys.executable, "-m", "marketsignals.cli"]
     passthrough = [a for o in args.overrides for a in ("--set", o)] + ["--profile", args.profile]
     if args.conf_file:
