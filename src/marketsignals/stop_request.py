@@ -9,8 +9,9 @@ and EMR Serverless's cancel the driver too; the JVM's shutdown then stops Spark 
 SIGTERM would, removes it and exits 0 (the EMR step then ends COMPLETED, the Serverless job run
 SUCCESS, and YARN does not restart the driver). A driver that starts with a request waiting does not
 start its query: the request was for the job before it (one restarted by its platform after a
-failure, say). ``marketsignals stop`` and ``marketsignals emr stop`` write the file; so can anyone who
-can write to the checkpoint (``aws s3 cp``, ``touch``): any content does.
+failure, say); ``marketsignals emr`` and ``marketsignals live`` remove a request no job acted on before
+they start the job. ``marketsignals stop`` and ``marketsignals emr stop`` write the file; so can anyone
+who can write to the checkpoint (``aws s3 cp``, ``touch``): any content does.
 
 Here the file is written from Python without Spark (local paths; S3 through boto3), and read by the
 driver through the JVM's Hadoop file system (stream/checkpoint.py), like the rest of the checkpoint.
