@@ -55,3 +55,21 @@ def test_live_ends_cleanly_when_the_job_does_and_fails_when_a_child_stops_otherw
     assert exit_code_after("stream", 2) == 2  # a user error, said in its log
     assert exit_code_after("stream", -9) == 1  # killed
     assert exit_code_after("feed", 0) == 1  # the feed ended: no ticks any more
+
+
+def test_the_first_signal_asks_for_a_stop_a_second_for_a_quick_one_and_the_handlers_come_back():
+    import os
+    import signal
+
+    from marketsignals.shutdown import StopSignals
+
+    before = signal.getsignal(signal.SIGTERM)
+    signals = StopSignals()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread, before the next bytecode
+        assert signals.stop.is_set() and not signals.again.is_set()
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signals.again.is_set()
+    finally:
+        signals.restore()
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -17,6 +17,7 @@ from pathlib import Path
 from marketsignals import stop_request
 from marketsignals.local_broker import LocalBroker
 from marketsignals.settings import Settings
+from marketsignals.shutdown import StopSignals
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,14 +54,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     children: list[tuple[str, subprocess.Popen]] = []
     log_paths = {name: logs / f"{name}.log" for name in ("stream", "feed")}
     log_starts: dict[str, int] = {}  # the logs are appended to: this run's part starts here
-    stop, again = threading.Event(), threading.Event()  # again: a second Ctrl-C while the children stop
-
-    def on_signal(*_) -> None:
-        if stop.is_set():
-            again.set()
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = StopSignals()  # again: a second Ctrl-C while the children stop
+    stop, again = signals.stop, signals.again
     deadline = time.monotonic() + args.duration if args.duration else None
     from marketsignals.stream.job import MAINTENANCE_WAIT_S
 
@@ -105,8 +100,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         stop.set()  # from here a Ctrl-C is a second one: the job's stop cuts its batch at once
         for name, proc in reversed(children):
             _stop(name, proc, job_grace_s if name == "stream" else 60.0, again)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signals.restore()
         if not args.keep_broker:
             broker.down()
     return exit_code

@@ -12,7 +12,6 @@ far-future or malformed stamp never moves the watermark.
 from __future__ import annotations
 
 import argparse
-import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ from marketsignals.schema import (
 )
 from marketsignals.secrets import resolve_secrets
 from marketsignals.settings import Settings, load_settings
+from marketsignals.shutdown import StopSignals
 from marketsignals.stream import checkpoint, error_line, error_text, state
 from marketsignals.stream.metrics import MetricsListener
 from marketsignals.stream.sinks import FAST_LOG_LISTING, SignalSink, StopGate, fast_log_listing
@@ -297,23 +297,12 @@ def run(spark: SparkSession, settings: Settings) -> int:
         return 0
     listener = MetricsListener(settings.stream.metrics_path)
     sink = SignalSink(settings)
-    stop, cut = threading.Event(), threading.Event()
-
-    def on_signal(*_) -> None:
-        if stop.is_set():
-            cut.set()
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def restore_handlers() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
+    signals = StopSignals()  # a second signal cuts the batch the stop waits for
+    stop, cut = signals.stop, signals.again
     try:
         query = start_stream(spark, settings, listener=listener, sink=sink, stop=stop)
     except BaseException as exc:
-        restore_handlers()
+        signals.restore()
         if not isinstance(exc, WarmUpStopped):
             raise
         print(f"marketsignals: {exc}", flush=True)
@@ -334,7 +323,7 @@ def run(spark: SparkSession, settings: Settings) -> int:
         try:
             stop_query(query, sink.gate, settings.stream.stop_grace_ms / 1000, cut)
         finally:
-            restore_handlers()
+            signals.restore()
         listener.terminated.wait(timeout=10)
         spark.streams.removeListener(listener)
         if not sink.close(timeout=MAINTENANCE_WAIT_S):
