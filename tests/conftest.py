@@ -6,6 +6,7 @@ stopped at the end of the session even when tests fail.
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -22,6 +23,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# The one setting the tests take from the environment (a developer's other MARKETSIGNALS__* never reach
+# them): the Spark line's jars, to run the suites on Spark 3.5 (emr-7.x) with its Scala 2.12 jars (README).
+JARS_DIR_ENV = "MARKETSIGNALS__SPARK__JARS_DIR"
+
+
 @pytest.fixture(scope="session")
 def base_settings() -> Settings:
     return load_settings("local", [
@@ -31,7 +37,7 @@ def base_settings() -> Settings:
         "spark.log_level=ERROR",
         "stream.state_buckets=4",  # the tests' few symbols share buckets (production: hundreds of buckets)
         "stream.warm_up_ticks=0",  # a live stream's warm-up: the tests that cover it turn it on
-    ], env={})
+    ], env={JARS_DIR_ENV: os.environ[JARS_DIR_ENV]} if os.environ.get(JARS_DIR_ENV) else {})
 
 
 @pytest.fixture(scope="session")

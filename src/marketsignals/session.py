@@ -7,6 +7,7 @@ job itself needs and leaves spark-submit's choices alone.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,8 +18,14 @@ from pyspark.sql import SparkSession
 from marketsignals.schema import PLAIN_ENCODED_COLUMNS
 from marketsignals.settings import SparkSettings
 
-REQUIRED_JARS = ("spark-sql-kafka-0-10_2.13-", "spark-token-provider-kafka-0-10_2.13-", "kafka-clients-",
-                 "commons-pool2-", "delta-spark_2.13-", "delta-storage-")
+# The artifacts ``make jars`` fetches, by name: for Scala 2.13 (Spark 4.0), or 2.12 (Spark 3.5, emr-7.x; README).
+REQUIRED_JARS = ("spark-sql-kafka-0-10", "spark-token-provider-kafka-0-10", "kafka-clients", "commons-pool2",
+                 "delta-spark", "delta-storage")
+
+
+def _is_jar_of(name: str, artifact: str) -> bool:
+    """Whether the jar file ``name`` is a version of ``artifact`` (with its Scala suffix, if it has one)."""
+    return re.fullmatch(rf"{re.escape(artifact)}(_2\.1[23])?-\d.*\.jar", name) is not None
 
 BASE_CONF: dict[str, str] = {
     "spark.sql.session.timeZone": "UTC",
@@ -64,9 +71,9 @@ def local_jars(jars_dir: str) -> list[str]:
     """The connector and Delta jars from ``make jars``; a clear error if any is missing."""
     folder = Path(jars_dir)
     jars = _jars_in(folder)
-    missing = [prefix for prefix in REQUIRED_JARS if not any(Path(j).name.startswith(prefix) for j in jars)]
+    missing = [artifact for artifact in REQUIRED_JARS if not any(_is_jar_of(Path(j).name, artifact) for j in jars)]
     if missing:
-        raise MissingJarsError(f"Spark jars missing in {folder} ({', '.join(m.rstrip('-') for m in missing)}): "
+        raise MissingJarsError(f"Spark jars missing in {folder} ({', '.join(missing)}): "
                                "run `make jars`")
     return jars
 
