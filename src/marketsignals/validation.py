@@ -69,10 +69,17 @@ def _field(name: str) -> Column:
     return _taken(name, _text(name))
 
 
+def _try_cast(value: Column, to: str) -> Column:
+    """``value`` cast to ``to``, null where it does not convert (an integer out of a long's range): under
+    Spark 4.0's ANSI mode, on by default, a plain cast would fail the batch instead. Spark 3.5 (emr-7.x)
+    has no ``Column.try_cast``; its plain cast gives that null with ANSI mode off, its default."""
+    return value.try_cast(to) if hasattr(Column, "try_cast") else value.cast(to)  # (an instance makes up any attribute)
+
+
 def _as_double(name: str) -> Column:
     text = _text(name)
-    return _taken(name, F.when(text.rlike(_NUMBER), text.try_cast("double")).when(
-        text.rlike(_SPECIAL_DOUBLE), F.regexp_replace(text, '"', "").try_cast("double")))
+    return _taken(name, F.when(text.rlike(_NUMBER), _try_cast(text, "double")).when(
+        text.rlike(_SPECIAL_DOUBLE), _try_cast(F.regexp_replace(text, '"', ""), "double")))
 
 
 def _fast_ok(fast: Column) -> Column:
@@ -117,7 +124,7 @@ def parse_ticks(df: DataFrame, value_col: str = "value", *, typed_first: bool = 
     iso_ms = F.unix_millis(F.try_to_timestamp(F.replace(ts_text, F.lit(" "), F.lit("T"))))
     # an ISO stamp has a colon (hh:mm) and an integer none: one regular expression a stamp, not two
     ts_ms = F.when(ts_text.contains(":"), F.when(ts_text.rlike(_ISO_WITH_ZONE), iso_ms)).when(
-        ts_text.rlike(_INTEGER), ts_text.try_cast("long")
+        ts_text.rlike(_INTEGER), _try_cast(ts_text, "long")
     )
     # outside Spark's timestamp range (years 1-9999) a stamp is invalid, not a crash: under ANSI mode
     # timestamp_millis(9223372036854775807) overflows and would fail the whole batch
@@ -128,7 +135,7 @@ def parse_ticks(df: DataFrame, value_col: str = "value", *, typed_first: bool = 
         .withColumn(TS_MS, ts_ms)
         .withColumn(EVENT_TIME, F.timestamp_millis(F.col(TS_MS)))
         .withColumn(PRICE, _as_double(PRICE))
-        .withColumn(VOLUME, _taken(VOLUME, F.when(volume_text.rlike(_INTEGER), volume_text.try_cast("long"))))
+        .withColumn(VOLUME, _taken(VOLUME, F.when(volume_text.rlike(_INTEGER), _try_cast(volume_text, "long"))))
         .withColumn(BID, _as_double(BID))
         .withColumn(ASK, _as_double(ASK))
         .withColumn(EXCHANGE, F.trim(_field(EXCHANGE)))
@@ -145,10 +152,14 @@ def raw_text(value: Column) -> Column:
     to the Python workers (and JSON), so they are kept as ``base64:<base64 of the bytes>``, losslessly.
     A value longer than MAX_RAW_CHARS is cut there and marked: JSON escaping can grow text sixfold,
     and a dead letter must fit Kafka's 1 MB request limit (the source record keeps the whole value).
-    Spark 3.5 (emr-7.x) has no UTF-8 check: there the bytes are cast as they are."""
-    text = value.cast("string")
+    Spark 3.5 (emr-7.x) has no ``is_valid_utf8``: there the bytes are UTF-8 if decoding them (which puts
+    U+FFFD for what is not) and encoding the text again gives them back."""
+    text, binary = value.cast("string"), value.cast("binary")
     if hasattr(F, "is_valid_utf8"):
-        text = F.when(F.is_valid_utf8(text), text).otherwise(F.concat(F.lit("base64:"), F.base64(value.cast("binary"))))
+        utf8 = F.is_valid_utf8(text)
+    else:
+        utf8 = F.encode(F.decode(binary, "UTF-8"), "UTF-8") == binary
+    text = F.when(utf8, text).otherwise(F.concat(F.lit("base64:"), F.base64(binary)))
     return F.when(F.length(text) > MAX_RAW_CHARS,
                   F.concat(F.substring(text, 1, MAX_RAW_CHARS), F.lit(TRUNCATED_MARK))).otherwise(text)
 

@@ -1,8 +1,11 @@
+import base64
+
 import pytest
 from chispa import assert_column_equality
 from pyspark.sql import functions as F
 
-from marketsignals.validation import parse_ticks, validate_typed_ticks, with_reject_reason
+from marketsignals.session import conf_while
+from marketsignals.validation import parse_ticks, raw_text, validate_typed_ticks, with_reject_reason
 
 NOW = 1_767_312_000_000  # 2026-01-02T00:00:00Z
 GOOD = ('{"symbol":"aapl","timestamp":"2026-01-02T00:00:00.000Z","price":10.5,"volume":100,'
@@ -188,3 +191,31 @@ def test_a_filter_on_the_reason_keeps_a_plan_of_the_text_rules_size(spark):
         return len(valid._jdf.queryExecution().optimizedPlan().toString())
 
     assert plan_chars(True) < 2 * plan_chars(False)
+
+
+RAW_VALUES = [b"plain", "caf\u00e9 \u20ac \U0001f600".encode(), "\ufffd".encode(), b"", None,
+              b"\xff\xfe", b"ok\x80", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82"]
+
+
+@pytest.mark.parametrize("utf8_check", ["spark", "decode_encode"])
+def test_a_raw_value_is_its_text_when_utf8_and_base64_otherwise(spark, monkeypatch, utf8_check):
+    # Spark 3.5 (emr-7.x) has no is_valid_utf8: the fallback must tell the same bytes apart, and never
+    # hand Arrow bytes that are not UTF-8 (a 3.5 stream failed on them); both run here on Spark 4.0
+    if utf8_check == "decode_encode":
+        monkeypatch.delattr(F, "is_valid_utf8", raising=False)
+    elif not hasattr(F, "is_valid_utf8"):
+        pytest.skip("this Spark has no is_valid_utf8")
+    df = spark.createDataFrame([(i, bytearray(v) if v is not None else None) for i, v in enumerate(RAW_VALUES)],
+                               "i int, value binary")
+    # Spark 4.0's decode fails on bytes that are not UTF-8; its legacy setting is 3.5's only behaviour
+    with conf_while(spark, "spark.sql.legacy.codingErrorAction", "true"):
+        got = {r["i"]: r["raw"] for r in df.select("i", raw_text(F.col("value")).alias("raw")).collect()}
+    for i, value in enumerate(RAW_VALUES):
+        if value is None:
+            assert got[i] is None
+            continue
+        try:
+            expected = value.decode("utf-8")  # Python's strict decoder: no surrogates, no overlong forms
+        except UnicodeDecodeError:
+            expected = "base64:" + base64.b64encode(value).decode()
+        assert got[i] == expected, (value, got[i])
