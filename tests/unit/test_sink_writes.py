@@ -146,8 +146,9 @@ def test_a_batch_cut_by_the_stop_fails_with_a_short_error_spark_reads_as_the_sto
     previous = sc.getLocalProperty(sinks.JOB_GROUP)
     sc.setLocalProperty(sinks.JOB_GROUP, "run-7")
     try:
-        with pytest.raises(Exception, match="StackOverflowError"):
-            is_interruption(jvm.py4j.Py4JException(f"{proxy}py4j.protocol.Py4JJavaError: {error}"), sc._jsc.sc())
+        if int(spark.version.split(".")[0]) >= 4:  # Spark 3.5's test of the text does not recurse
+            with pytest.raises(Exception, match="StackOverflowError"):
+                is_interruption(jvm.py4j.Py4JException(f"{proxy}py4j.protocol.Py4JJavaError: {error}"), sc._jsc.sc())
         cut = sinks.stop_cancellation(error, "run-7")
         assert isinstance(cut, sinks.BatchCancelled) and len(str(cut)) < 200
         assert is_interruption(jvm.py4j.Py4JException(f"{proxy}  File \"sinks.py\"\n{type(cut).__name__}: {cut}"),
