@@ -29,7 +29,7 @@ from marketsignals.schema import (
     VOLUME,
 )
 from marketsignals.stream.sinks import signal_records
-from marketsignals.validation import validate_typed_ticks
+from marketsignals.validation import raw_text, validate_typed_ticks
 
 KERNEL_INPUT = (SYMBOL, TS_MS, PRICE, VOLUME, BID, ASK, EXCHANGE, PARTITION, OFFSET, TOPIC)
 
@@ -65,12 +65,14 @@ def batch_signals(ticks: DataFrame, cfg: KernelConfig, now_ms: Column | None = N
     now_ms = now_ms if now_ms is not None else F.unix_millis(F.current_timestamp())
     checked = validated_history(ticks, now_ms, max_future_skew_ms)
     out = kernel_output(checked.filter(F.col(REASON).isNull()), cfg)
-    def column(name: str, source: str | None = None):
-        source = source or name
-        return F.col(source).alias(name) if source in checked.columns else F.lit(None).alias(name)
+    def column(name: str):
+        return F.col(name) if name in checked.columns else F.lit(None).alias(name)
 
+    # a raw value as the stream's dead letters carry it (text, or base64 if not UTF-8; cut if huge): the
+    # kernel's rejects are text, and Spark 3.5 does not union Kafka's binary value with text
+    raw = raw_text(F.col("value")).alias(RAW) if "value" in checked.columns else F.lit(None).alias(RAW)
     invalid = (checked.filter(F.col(REASON).isNotNull())
-               .select(REASON, column(RAW, "value"), column(TOPIC), column(PARTITION), column(OFFSET), SYMBOL))
+               .select(REASON, raw, column(TOPIC), column(PARTITION), column(OFFSET), SYMBOL))
     rejects = (out.filter(F.col(KIND) == KIND_REJECT).select(REASON, RAW, TOPIC, PARTITION, OFFSET, SYMBOL)
                .unionByName(invalid, allowMissingColumns=True)
                .withColumn("rejected_at", F.current_timestamp())
