@@ -225,3 +225,20 @@ def test_a_listing_and_its_permissions_start_no_child_process(spark, jvm, tmp_pa
         rounds.append(children_faults(pid) - before)
     assert permissions == [(tmp_path / f"{0:020d}.json").stat().st_mode & 0o777] * 10
     assert min(rounds) < 2 * per_file  # ten children's faults with Hadoop's
+
+
+@pytest.mark.parametrize("scala", ["2.13", "2.12"])
+def test_the_spark_lines_jars_are_found_by_artifact_for_either_scala(tmp_path, scala):
+    from marketsignals.session import MissingJarsError, local_jars
+
+    spark_line = "4.0.2" if scala == "2.13" else "3.5.3"
+    names = [f"spark-sql-kafka-0-10_{scala}-{spark_line}.jar",
+             f"spark-token-provider-kafka-0-10_{scala}-{spark_line}.jar",
+             "kafka-clients-3.9.1.jar", "commons-pool2-2.12.0.jar", f"delta-spark_{scala}-3.3.2.jar",
+             "delta-storage-s3-dynamodb-3.3.2.jar"]  # not delta-storage itself
+    for name in names:
+        (tmp_path / name).touch()
+    with pytest.raises(MissingJarsError, match=r"\(delta-storage\): run `make jars`"):
+        local_jars(str(tmp_path))
+    (tmp_path / "delta-storage-3.3.2.jar").touch()
+    assert len(local_jars(str(tmp_path))) == 7
