@@ -75,8 +75,7 @@ def write(checkpoint: str, s3: Any = None) -> str:
     in a folder no query uses would only stop the first one started there. ``s3`` is a boto3 S3 client,
     needed for S3 checkpoints."""
     target = location(checkpoint)
-    scheme = urlparse(checkpoint).scheme
-    if scheme in S3_SCHEMES:
+    if urlparse(checkpoint).scheme in S3_SCHEMES:
         if s3 is None:
             raise StopRequestError(f"an S3 client is needed to write {target}")
         bucket, key = s3_key(target)
@@ -85,10 +84,10 @@ def write(checkpoint: str, s3: Any = None) -> str:
             raise StopRequestError(_no_query(checkpoint, "s3://{}/{}".format(*metadata)))
         s3.put_object(Bucket=bucket, Key=key, Body=content().encode(), ContentType="application/json")
         return target
-    if scheme not in ("", "file"):
+    root = _local_root(checkpoint)
+    if root is None:
         raise StopRequestError(f"the stop request is written to local paths and S3 only: put any file at {target} "
                                f"(e.g. `hdfs dfs -touchz {target}`)")
-    root = Path(checkpoint.removeprefix("file://"))
     if not (root / "metadata").is_file():
         raise StopRequestError(_no_query(checkpoint, str(root / "metadata")))
     tmp = root / f".{FILE}.tmp"
@@ -100,14 +99,19 @@ def write(checkpoint: str, s3: Any = None) -> str:
 def remove_local(checkpoint: str) -> str | None:
     """Remove a stop request no job acted on from a local checkpoint, before a job is started there by hand
     (``marketsignals live``); returns its path if there was one. None for other file systems."""
-    if urlparse(checkpoint).scheme not in ("", "file"):
+    root = _local_root(checkpoint)
+    if root is None:
         return None
-    path = Path(checkpoint.removeprefix("file://")) / FILE
     try:
-        path.unlink()
+        (root / FILE).unlink()
     except FileNotFoundError:
         return None
-    return str(path)
+    return str(root / FILE)
+
+
+def _local_root(checkpoint: str) -> Path | None:
+    """The folder of a local checkpoint (a path or a file:// URI); None on any other file system."""
+    return Path(checkpoint.removeprefix("file://")) if urlparse(checkpoint).scheme in ("", "file") else None
 
 
 def _no_query(checkpoint: str, metadata: str) -> str:
