@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from marketsignals.local_paths import local_path
+
 FILE = "marketsignals.stop"
 S3_SCHEMES = ("s3", "s3a", "s3n")
 
@@ -110,8 +112,8 @@ def remove_local(checkpoint: str) -> str | None:
 
 
 def _local_root(checkpoint: str) -> Path | None:
-    """The folder of a local checkpoint (a path or a file:// URI); None on any other file system."""
-    return Path(checkpoint.removeprefix("file://")) if urlparse(checkpoint).scheme in ("", "file") else None
+    """The folder of a local checkpoint (a path or a file: URI); None on any other file system."""
+    return local_path(checkpoint)
 
 
 def _no_query(checkpoint: str, metadata: str) -> str:

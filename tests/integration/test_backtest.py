@@ -151,6 +151,9 @@ def test_validation_is_computed_once_for_signals_and_simulation(spark, base_sett
 def test_history_problems_are_reported_not_thrown_as_spark_errors(spark, tmp_path, history):
     with pytest.raises(HistoryError, match="no history at"):
         read_history(spark, str(tmp_path / "nowhere"), "parquet")
+    with pytest.raises(HistoryError, match="no history at"):
+        read_history(spark, f"file:{tmp_path}/nowhere", "parquet")
+    assert read_history(spark, f"file:{history['parquet']}", "parquet").count() > 0  # as Hadoop prints it
     pd.DataFrame({"symbol": ["AAPL"], "price": [1.0]}).to_csv(tmp_path / "partial.csv", index=False)
     with pytest.raises(HistoryError, match="missing tick columns timestamp, volume, bid, ask"):
         read_history(spark, str(tmp_path / "partial.csv"), "csv")

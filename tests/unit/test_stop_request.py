@@ -44,6 +44,8 @@ def test_a_request_no_job_acted_on_is_removed_before_live_starts_one(tmp_path):
     assert stop_request.remove_local(str(tmp_path)) is None
     stop_request.write(str(tmp_path))
     assert stop_request.remove_local(f"file://{tmp_path}") == str(tmp_path / "marketsignals.stop")
+    stop_request.write(f"file:{tmp_path}")  # one slash, as Hadoop and Spark's logs print a local path
+    assert stop_request.remove_local(f"file:{tmp_path}") == str(tmp_path / "marketsignals.stop")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metadata"]
     assert stop_request.remove_local("s3://bkt/cp") is None  # not live's: the job's own start handles it
 

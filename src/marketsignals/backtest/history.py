@@ -21,12 +21,12 @@ locally when hadoop-aws is on the classpath).
 from __future__ import annotations
 
 import glob
-from urllib.parse import urlparse
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from marketsignals.local_paths import local_path
 from marketsignals.schema import TICK_FIELDS
 
 FORMATS = ("parquet", "csv", "json")
@@ -45,8 +45,10 @@ def read_history(spark: SparkSession, path: str, fmt: str) -> DataFrame:
     data set as a whole (a missing *value* in a row is a reject, not an error)."""
     if fmt not in FORMATS:
         raise HistoryError(f"backtest.input_format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if urlparse(path).scheme in ("", "file") and not glob.glob(path.removeprefix("file://")):
-        # checked here for local paths: Spark would log a Java stack trace before failing
+    local = local_path(path)
+    if local is not None and "{" not in path and not glob.glob(str(local)):
+        # checked here for local paths (Python's glob has no {a,b}: those are left to Spark's check):
+        # Spark would log a Java stack trace before failing
         raise _no_history(path)
     try:
         if fmt == "json":

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pandas as pd
 from pandas.api import types as ptypes
@@ -35,6 +34,7 @@ from marketsignals.backtest import performance, report, simulation
 from marketsignals.backtest.history import read_history
 from marketsignals.backtest.signals import batch_signals, validated_history
 from marketsignals.kernel import KIND, KIND_COUNT, PROCESSED
+from marketsignals.local_paths import local_path
 from marketsignals.risk import BUY, SELL
 from marketsignals.schema import ACTION, REASON
 from marketsignals.settings import Settings, load_settings
@@ -271,9 +271,8 @@ def _spark_schema(frame: pd.DataFrame) -> T.StructType:
 def publish(spark: SparkSession, files: Sequence[Path], destination: str) -> None:
     """Copy local report files to ``destination``: a local folder, or any Hadoop file system URI
     (``s3://`` on EMR) through the session's Hadoop configuration."""
-    scheme = urlparse(destination).scheme
-    if scheme in ("", "file"):
-        target = Path(destination.removeprefix("file://"))
+    target = local_path(destination)
+    if target is not None:
         target.mkdir(parents=True, exist_ok=True)
         for f in files:
             (target / f.name).write_bytes(f.read_bytes())
