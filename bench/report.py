@@ -82,6 +82,10 @@ def table(results: dict) -> str:
     if soak and "rss_series" in soak:
         lines.append("")
         lines.append("memory over the soak: " + ", ".join(f"{k} {v:+.1f} MB/min" for k, v in rss_slopes(soak).items()))
+        if peaks := feed_peaks(soak):
+            lines.append("  peak RSS while the feed ran: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in peaks.items())
+                         + " (the run's peaks, with the signals read back after it: "
+                         + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(soak.get("peak_rss_mb", {}).items())) + ")")
     if soak and (nmt := nmt_slopes(soak)):
         top = list(nmt.items())[:7]
         lines.append("  the JVM by NMT category (MB/min): " + ", ".join(f"{k} {v:+.1f}" for k, v in top))
@@ -153,6 +157,21 @@ def rss_slopes(run: dict) -> dict[str, float]:
         if slope is not None:
             out[kind] = slope
     return out
+
+
+def feed_peaks(run: dict) -> dict[str, float]:
+    """Peak RSS in MB of each process kind while the feed ran (``feed_window_s``): the job under load,
+    without what the harness does after the query stops (the soak reads every signal back in its
+    driver process, a GB after ten minutes at 20k ticks/s). Empty without the window."""
+    if not run.get("feed_window_s"):
+        return {}
+    start, end = run["feed_window_s"]
+    peaks: dict[str, float] = {}
+    for t, rss in run.get("rss_series") or []:
+        if start <= t <= end:
+            for kind, b in rss.items():
+                peaks[kind] = max(peaks.get(kind, 0.0), b / 2**20)
+    return {k: round(v, 1) for k, v in sorted(peaks.items())}
 
 
 def nmt_slopes(run: dict) -> dict[str, float]:

@@ -44,6 +44,13 @@ def test_without_the_feed_window_the_drain_would_read_as_a_leak_in_reverse(repor
     assert slopes["python_workers"] < -10
 
 
+def test_peak_memory_while_the_feed_ran_leaves_out_the_harness_reading_signals_back(report):
+    series = [(t, {**rss, "driver": (1000 if t > 660 else 140) * MB}) for t, rss in soak_series(2.0)]
+    peaks = report.feed_peaks({"rss_series": series, "feed_window_s": [60.0, 660.0]})
+    assert peaks == {"driver": 140.0, "jvm": 922.0, "python_workers": 380.0}
+    assert report.feed_peaks({"rss_series": series}) == {}  # results written before the window was recorded
+
+
 def test_latency_percentiles_also_over_the_feeds_second_half(monkeypatch):
     """A start-up backlog (the first ticks waiting seconds) lifts p99 over the whole feed; the second
     half's percentiles leave it out, the overall ones keep it."""
