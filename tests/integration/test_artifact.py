@@ -7,6 +7,10 @@ Only two things differ from the step on EMR, both forced by running without YARN
 instead of ``s3://``). What YARN does for the driver's container is done by hand: the environment
 archive is unpacked as ``environment/`` and the settings file put next to it, in the driver's working
 directory, and PYSPARK_PYTHON points into it as the step's ``spark.yarn.appMasterEnv`` does.
+
+On the Spark line of the venv it runs in: emr-spark-8.0.0's artifact on Spark 4.0 (CI); run from a
+Spark 3.5 venv with ``MARKETSIGNALS__SPARK__JARS_DIR`` at the Scala 2.12 jars (README, emr-7.x), it
+builds emr-7.x's artifact from those jars and submits it with that venv's spark-submit.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 import pyspark
 import pytest
 
+from conftest import JARS_DIR_ENV
 from marketsignals import feed, kafka_client
 from marketsignals.emr import api_requests, package
 from marketsignals.emr.api_requests import RenderContext
@@ -34,6 +39,8 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SIGNALS_DEADLINE_S = 300.0
+SPARK_3 = pyspark.__version__.startswith("3.")
+EMR7_RELEASE = "emr-7.12.0"  # Spark 3.5.6
 
 
 def _node_python_prefix() -> str:
@@ -48,7 +55,9 @@ def _node_python_prefix() -> str:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
     """`make package`, into a temporary dist/."""
     dist = tmp_path_factory.mktemp("package") / "dist"
-    package.build(ROOT, dist, python_prefix=_node_python_prefix())
+    jars = os.environ.get(JARS_DIR_ENV)  # the Spark line's jars, as the session's (tests/conftest.py)
+    jar_dirs = [ROOT / jars, ROOT / ".jars/spark-aws"] if jars else None  # and the MSK IAM jar, as by default
+    package.build(ROOT, dist, python_prefix=_node_python_prefix(), jar_dirs=jar_dirs)
     return Artifact.load(dist)
 
 
@@ -65,6 +74,8 @@ def test_streaming_entry_point_runs_from_the_artifact_alone(
     built: Artifact, kafka_broker: Any, tmp_path: Path
 ) -> None:
     assert built.root is not None
+    delta_jar = next(j for j in built.jars if Path(j).name.startswith("delta-spark_"))  # Python, JVM: one Delta
+    assert delta_jar.endswith(f"-{built.manifest['packages']['delta-spark']}.jar"), delta_jar
     node = tmp_path / "node"
     artifact_dir = node / "artifact"  # what `aws s3 cp --recursive` of the uploaded build gives
     shutil.copytree(built.root, artifact_dir)
@@ -93,6 +104,7 @@ def test_streaming_entry_point_runs_from_the_artifact_alone(
         *(f"app_settings.{k}={v}" for k, v in app_settings.items()),
         "s3.artifact_bucket=artifact-bucket",
         "s3.data_bucket=data-bucket",
+        *([f"ec2.release_label={EMR7_RELEASE}"] if SPARK_3 else []),
     ]
     profile = load_profile(ROOT / "conf" / "emr" / "deploy.yaml", overrides)
     ctx = RenderContext(profile.for_region(profile.regions[0]), built)
@@ -111,7 +123,7 @@ def test_streaming_entry_point_runs_from_the_artifact_alone(
     )
 
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("MARKETSIGNALS__")},  # none on a node
         "SPARK_HOME": str(Path(pyspark.__file__).parent),
         "PYSPARK_PYTHON": ENV_PYTHON,
         "PYSPARK_DRIVER_PYTHON": ENV_PYTHON,

@@ -535,6 +535,15 @@ def test_runtime_requirements_leave_pyspark_to_emr():
     assert not any(r.startswith(("orjson", "pytest", "moto")) for r in with_deps + without_deps)
 
 
+def test_the_environments_delta_is_the_shipped_jars_delta():
+    """An emr-7.x artifact ships Delta 3 jars (README): its Python side is installed at their version."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    emr7 = ["delta-spark_2.12-3.3.2.jar", "delta-storage-3.3.2.jar", "spark-sql-kafka-0-10_2.12-3.5.3.jar"]
+    assert package.runtime_requirements(pyproject, emr7)[1] == ["delta-spark==3.3.2"]
+    emr8 = ["delta-spark_2.13-4.0.0.jar", "delta-kernel-api-4.0.0.jar"]
+    assert package.runtime_requirements(pyproject, emr8)[1] == ["delta-spark==4.0.0"]
+
+
 def test_manifest_lists_every_file_with_its_sha256(artifact):
     assert artifact.root is not None
     on_disk = {

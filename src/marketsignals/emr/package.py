@@ -9,7 +9,8 @@ Maven); ``conf/emr.yaml`` (the app settings the jobs load); ``bootstrap/*.sh``; 
 versions and the sha256 of every file.
 
 The environment holds the runtime dependencies of pyproject.toml except pyspark, which EMR provides
-(delta-spark is installed without its pyspark dependency). Wheels are chosen for the *target*
+(delta-spark is installed without its pyspark dependency, at the version of the Delta jars shipped:
+pyproject's for emr-spark-8.0.0, 3.3.x for an emr-7.x build with Delta 3 jars). Wheels are chosen for the *target*
 (``--platform`` / Python 3.11, binary wheels only), not for the build machine, so a build on Debian,
 Ubuntu or a Mac still gives Linux x86_64 wheels. A venv does not contain its interpreter, only a
 link to it: the archive's ``bin/python`` is pointed at ``<python-prefix>/bin/python3.11`` (``/usr`` on
@@ -20,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -54,15 +57,20 @@ TARGET_PYTHON_PREFIX = "/usr"
 PROVIDED_BY_EMR = {"pyspark"}
 INSTALL_WITHOUT_DEPS = {"delta-spark"}
 DEFAULT_JAR_DIRS = (".jars/spark", ".jars/spark-aws")
+_DELTA_JAR = re.compile(r"^delta-spark_2\.1\d-(?P<version>[0-9][^/]*)\.jar$")
 
 
-def runtime_requirements(pyproject: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(requirements installed with their dependencies, requirements installed without)."""
+def runtime_requirements(pyproject: dict[str, Any], jars: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """(requirements installed with their dependencies, requirements installed without). Given the
+    artifact's ``jars``, delta-spark (the Python side of Delta's JVM API) is pinned to their Delta."""
+    delta = [m["version"] for jar in jars if (m := _DELTA_JAR.match(jar))]
     with_deps, without_deps = [], []
     for line in pyproject["project"]["dependencies"]:
         name = Requirement(line).name.lower()
         if name in PROVIDED_BY_EMR:
             continue
+        if name == "delta-spark" and delta:
+            line = f"delta-spark=={delta[0]}"
         (without_deps if name in INSTALL_WITHOUT_DEPS else with_deps).append(line)
     return with_deps, without_deps
 
@@ -93,6 +101,7 @@ def build_environment(
     platforms: tuple[str, ...],
     python_prefix: str,
     output: Path,
+    jars: Sequence[str] = (),
 ) -> dict[str, str]:
     """Create the venv, install the target's wheels into it, retarget its python, pack it.
 
@@ -124,7 +133,7 @@ def build_environment(
         "--quiet",
         "--disable-pip-version-check",
     ]
-    with_deps, without_deps = runtime_requirements(pyproject)
+    with_deps, without_deps = runtime_requirements(pyproject, jars)
     pip = [sys.executable, "-m", "pip", "install", *target]
     _run([*pip, *with_deps], f"installing {len(with_deps)} runtime requirements for {platforms[0]}")
     _run(
@@ -241,7 +250,8 @@ def build(
     wheel = build_wheel(root, dist)
     work = root / "build" / "package"
     work.mkdir(parents=True, exist_ok=True)
-    packages = build_environment(work, wheel, pyproject, platforms, python_prefix, dist / ENV_ARCHIVE)
+    jars = sorted(p.name for p in (dist / JARS_DIR).glob("*.jar"))
+    packages = build_environment(work, wheel, pyproject, platforms, python_prefix, dist / ENV_ARCHIVE, jars)
     manifest = write_manifest(dist, pyproject, packages, platforms, python_prefix, app_profile)
     total = sum(f["bytes"] for f in manifest["files"].values())
     print(
