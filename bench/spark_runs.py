@@ -134,7 +134,7 @@ def ceiling(settings: Settings, work: Path) -> dict:
 def product(settings: Settings, work: Path) -> dict:
     """(b) the product: start_stream with availableNow over the pre-loaded topic."""
     from marketsignals.stream.job import start_stream
-    from marketsignals.stream.state import read_symbol_states
+    from marketsignals.stream.state import has_state_reader, read_symbol_states
 
     spark = _session(settings)
     listener = MetricsListener(settings.stream.metrics_path)
@@ -147,8 +147,10 @@ def product(settings: Settings, work: Path) -> dict:
         raise RuntimeError(str(query.exception()))
     out = _summary(_progress(Path(settings.stream.metrics_path)), wall)
     out["state_dir_mb"] = _dir_mb(Path(settings.stream.checkpoint) / "state")
-    # state rows are buckets of symbols; the symbols they hold, from Spark's state data source
-    out["state_symbols"] = len(read_symbol_states(spark, settings.stream.checkpoint, settings.stream.state_buckets))
+    # state rows are buckets of symbols; the symbols they hold, from Spark's state data source (4.0's)
+    if has_state_reader(spark):
+        out["state_symbols"] = len(read_symbol_states(spark, settings.stream.checkpoint,
+                                                      settings.stream.state_buckets))
     out["audit_rows"] = spark.read.format("delta").load(settings.stream.audit_table).count() if out["signals"] else 0
     return out
 

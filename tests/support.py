@@ -172,9 +172,3 @@ def state_fields(state) -> tuple:
                        for columns in (state.pending, state.recent))
     return (tuple(repr(a.tolist()) + str(a.dtype) for a in (h.price, h.volume, h.price_change_pct)),
             state.last_ts, state.high_water, recent, state.last_action, pending)
-
-
-def has_state_reader(spark) -> bool:
-    """Whether this Spark has the state data source (``format("statestore")``, Spark 4.0; not 3.5, emr-7.x):
-    the tests that read a checkpoint's state through it check that part on Spark 4.0 only."""
-    return int(spark.version.split(".")[0]) >= 4

@@ -24,7 +24,6 @@ import pytest
 
 from faults.harness import START_MS, consume_all, env_int, produce_recorded, progress_lines, read_metrics, wait_until
 from marketsignals import feed
-from support import has_state_reader
 
 pytestmark = pytest.mark.faults
 
@@ -81,7 +80,7 @@ def _run_pressure(spark, kafka_broker, tmp_path, symbols: int, steady: int, max_
 
     from marketsignals.stream.job import start_stream
     from marketsignals.stream.metrics import MetricsListener
-    from marketsignals.stream.state import bucket_of, read_symbol_states
+    from marketsignals.stream.state import bucket_of, has_state_reader, read_symbol_states
 
     settings = kafka_broker.isolated(
         "pressure", f"kafka.max_offsets_per_trigger={max_offsets}", "stream.trigger=processingTime=500 milliseconds",

@@ -4,12 +4,21 @@ results. A smoke test only: the numbers are not checked -- a benchmark never fai
 from __future__ import annotations
 
 import json
+import os
 
+import pyspark
 import pytest
 
-from conftest import ROOT
+from conftest import JARS_DIR_ENV, ROOT
 
 pytestmark = pytest.mark.integration
+
+
+def jars_set() -> list[str]:
+    """The bench's settings ignore the environment (a measurement is the profile's); the suites run on
+    Spark 3.5 with its jars (tests/conftest.py) give them to the bench as a setting."""
+    jars = os.environ.get(JARS_DIR_ENV)
+    return ["--set", f"spark.jars_dir={jars}"] if jars else []
 
 
 def test_bench_harness_writes_its_json_table_and_chart(kafka_broker, tmp_path, capsys, monkeypatch):
@@ -20,7 +29,7 @@ def test_bench_harness_writes_its_json_table_and_chart(kafka_broker, tmp_path, c
     code = run.main(["--bootstrap", kafka_broker.bootstrap, "--ticks", "3000", "--symbols", "20",
                      "--scale-symbols", "200", "--rates", "300", "--rate-seconds", "4", "--partitions", "1",
                      "--set", "spark.conf.spark.sql.execution.arrow.maxRecordsPerBatch=5000",
-                     "--jfr", "--out", str(tmp_path)])
+                     "--jfr", "--out", str(tmp_path), *jars_set()])
     assert code == 0
     printed = capsys.readouterr().out
     assert "(b) product" in printed and "b/a =" in printed and "feed rate" in printed
@@ -30,7 +39,8 @@ def test_bench_harness_writes_its_json_table_and_chart(kafka_broker, tmp_path, c
     for name in ("a_ceiling", "b_product", "c_simple", "e_scale"):
         assert "error" not in runs[name], runs[name]["error"]
         assert runs[name]["ticks"] > 0
-    assert runs["e_scale"]["state_symbols"] == 200 and "200 symbols in" in printed  # read back from the checkpoint
+    if not pyspark.__version__.startswith("3."):  # read back from the checkpoint by Spark 4.0's state data source
+        assert runs["e_scale"]["state_symbols"] == 200 and "200 symbols in" in printed
     assert runs["d_latency_300"]["signals"] > 0 and "p99_ms" in runs["d_latency_300"]  # read back from Kafka
     # the feeder ran at the rate while the job started, and its measured seconds began at the first batch
     feeder = runs["d_latency_300"]["feeder"]
@@ -70,7 +80,7 @@ def test_the_restart_run_times_a_second_process_on_the_first_ones_checkpoint(kaf
 
     code = run.main(["--bootstrap", kafka_broker.bootstrap, "--skip", "a,b,c,e", "--rates", "", "--symbols", "20",
                      "--partitions", "1", "--restart-after", "3", "--restart-rate", "300", "--restart-seconds", "8",
-                     "--set", "stream.warm_up_ticks=2000", "--out", str(tmp_path)])
+                     "--set", "stream.warm_up_ticks=2000", "--out", str(tmp_path), *jars_set()])
     assert code == 0
     [result] = tmp_path.glob("*.json")
     restart = json.loads(result.read_text())["runs"]["restart_300"]

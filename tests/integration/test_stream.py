@@ -28,7 +28,7 @@ from marketsignals.schema import (
 )
 from marketsignals.stream import checkpoint, sinks, state
 from marketsignals.validation import parse_ticks, with_reject_reason
-from support import audit_log_batches, has_state_reader, progress_lines, run_available_now
+from support import audit_log_batches, progress_lines, run_available_now
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +141,7 @@ def test_parity_survives_a_stop_and_restart_from_the_checkpoint(spark, kafka_bro
     assert record == {"state_buckets": settings.stream.state_buckets, "state_key_partitions": partitions}
     # each bucket's state is under its key (state.bucket_keys), in the shuffle partition that key was made for
     keys = state.bucket_keys(record["state_buckets"], partitions)
-    if has_state_reader(spark):
+    if state.has_state_reader(spark):
         held = spark.read.format("statestore").load(settings.stream.checkpoint).select("key.bucket", "partition_id")
         held = held.collect()
         assert held and all(keys.index(r.bucket) % partitions == r.partition_id for r in held)

@@ -415,3 +415,14 @@ def test_a_checkpoint_this_version_cannot_read_is_named_not_restarted(text, says
 
     found = _incompatible_state(text)
     assert (found is None) if says is None else (says in found)
+
+
+def test_reading_state_on_a_spark_without_its_data_source_says_so(spark):
+    """Spark 3.5 (emr-7.x) has no state data source: a clear error, not a ClassNotFoundException."""
+    assert state.has_state_reader(spark) == spark.version.startswith("4.")
+
+    class Spark35:
+        version = "3.5.6"
+
+    with pytest.raises(state.StateReaderUnavailable, match=r"Spark 4.0's state data source .* Spark 3\.5\.6"):
+        state.read_symbol_states(Spark35(), "/cp", 4)

@@ -366,10 +366,23 @@ def _save(table: StateTable, buckets: int, key_partitions: int | None, state: Gr
     state.setTimeoutTimestamp(int(table.timeouts.min()))
 
 
+class StateReaderUnavailable(RuntimeError):
+    """This Spark cannot read a checkpoint's state (no state data source before Spark 4.0)."""
+
+
+def has_state_reader(spark: SparkSession) -> bool:
+    """Whether this Spark has the state data source (``format("statestore")``, Spark 4.0; not 3.5)."""
+    return int(spark.version.split(".")[0]) >= 4
+
+
 def read_symbol_states(spark: SparkSession, checkpoint: str, buckets: int,
                        batch_id: int | None = None) -> dict[str, SymbolState]:
     """Every symbol's state in a query's checkpoint, after its last committed batch or ``batch_id``
-    (Spark's state data source; for inspection, e.g. which symbols are held and since when)."""
+    (Spark's state data source; for inspection, e.g. which symbols are held and since when). That data
+    source is Spark 4.0's: on Spark 3.5 (emr-7.x) this raises :class:`StateReaderUnavailable`."""
+    if not has_state_reader(spark):
+        raise StateReaderUnavailable(f"reading a checkpoint's state needs Spark 4.0's state data source "
+                                     f"(format 'statestore'); this is Spark {spark.version}")
     reader = spark.read.format("statestore")
     if batch_id is not None:
         reader = reader.option("batchId", batch_id)
