@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from marketsignals.settings import Settings, load_settings
+from support import JARS_DIR_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,10 +23,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
-
-# The one setting the tests take from the environment (a developer's other MARKETSIGNALS__* never reach
-# them): the Spark line's jars, to run the suites on Spark 3.5 (emr-7.x) with its Scala 2.12 jars (README).
-JARS_DIR_ENV = "MARKETSIGNALS__SPARK__JARS_DIR"
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,10 @@ from marketsignals.local_broker import LocalBroker
 from marketsignals.settings import KafkaSettings, Settings
 from marketsignals.stream.sinks import audit_commit_batch
 
+# The one setting the tests take from the environment (a developer's other MARKETSIGNALS__* never reach
+# them): the Spark line's jars, to run the suites on Spark 3.5 (emr-7.x) with its Scala 2.12 jars (README).
+JARS_DIR_ENV = "MARKETSIGNALS__SPARK__JARS_DIR"
+
 _ids = itertools.count()
 
 

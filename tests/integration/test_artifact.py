@@ -28,12 +28,12 @@ from typing import Any
 import pyspark
 import pytest
 
-from conftest import JARS_DIR_ENV
 from marketsignals import feed, kafka_client
 from marketsignals.emr import api_requests, package
 from marketsignals.emr.api_requests import RenderContext
 from marketsignals.emr.artifact import ENV_ALIAS, ENV_ARCHIVE, ENV_PYTHON, Artifact
 from marketsignals.emr.deployment import load_profile
+from support import JARS_DIR_ENV
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,8 @@ import os
 import pyspark
 import pytest
 
-from conftest import JARS_DIR_ENV, ROOT
+from conftest import ROOT
+from support import JARS_DIR_ENV
 
 pytestmark = pytest.mark.integration
 
