@@ -23,7 +23,6 @@ import getpass
 import json
 import socket
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -86,7 +85,7 @@ def write(checkpoint: str, s3: Any = None) -> str:
             raise StopRequestError(_no_query(checkpoint, "s3://{}/{}".format(*metadata)))
         s3.put_object(Bucket=bucket, Key=key, Body=content().encode(), ContentType="application/json")
         return target
-    root = _local_root(checkpoint)
+    root = local_path(checkpoint)  # None: not a local checkpoint
     if root is None:
         raise StopRequestError(f"the stop request is written to local paths and S3 only: put any file at {target} "
                                f"(e.g. `hdfs dfs -touchz {target}`)")
@@ -101,7 +100,7 @@ def write(checkpoint: str, s3: Any = None) -> str:
 def remove_local(checkpoint: str) -> str | None:
     """Remove a stop request no job acted on from a local checkpoint, before a job is started there by hand
     (``marketsignals live``); returns its path if there was one. None for other file systems."""
-    root = _local_root(checkpoint)
+    root = local_path(checkpoint)  # None: not a local checkpoint
     if root is None:
         return None
     try:
@@ -109,11 +108,6 @@ def remove_local(checkpoint: str) -> str | None:
     except FileNotFoundError:
         return None
     return str(root / FILE)
-
-
-def _local_root(checkpoint: str) -> Path | None:
-    """The folder of a local checkpoint (a path or a file: URI); None on any other file system."""
-    return local_path(checkpoint)
 
 
 def _no_query(checkpoint: str, metadata: str) -> str:

@@ -10,8 +10,8 @@ versions and the sha256 of every file.
 
 The environment holds the runtime dependencies of pyproject.toml except pyspark, which EMR provides
 (delta-spark is installed without its pyspark dependency, at the version of the Delta jars shipped:
-pyproject's for emr-spark-8.0.0, 3.3.x for an emr-7.x build with Delta 3 jars). Wheels are chosen for the *target*
-(``--platform`` / Python 3.11, binary wheels only), not for the build machine, so a build on Debian,
+pyproject's for emr-spark-8.0.0, 3.3.x for an emr-7.x build with Delta 3 jars). Wheels are chosen
+for the *target* (``--platform`` / Python 3.11, binary wheels only), not for the build machine, so a build on Debian,
 Ubuntu or a Mac still gives Linux x86_64 wheels. A venv does not contain its interpreter, only a
 link to it: the archive's ``bin/python`` is pointed at ``<python-prefix>/bin/python3.11`` (``/usr`` on
 Amazon Linux 2023, where EMR nodes have it), and the bootstrap action makes sure it exists.
