@@ -123,6 +123,28 @@ def run_available_now(spark, settings: Settings) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def start_live(spark, settings: Settings, listener):
+    """A stream started as the job starts it (``stream.job.start_stream``), with its sink at hand for
+    :func:`stop_live`: (query, sink)."""
+    from marketsignals.stream.job import start_stream
+    from marketsignals.stream.sinks import SignalSink
+
+    sink = SignalSink(settings)
+    return start_stream(spark, settings, listener=listener, sink=sink), sink
+
+
+def stop_live(query, sink, grace_s: float = 120.0) -> str:
+    """Stop a stream from :func:`start_live` as the job stops it (``stream.job.stop_query``): no batch
+    starts its work, the one in flight commits, then ``query.stop()``. A bare ``query.stop()`` cuts the
+    batch in flight, and on Spark 3.5 a cut stateful batch can crash the JVM (README, emr-7.x)."""
+    from marketsignals.stream.job import stop_query
+
+    try:
+        return stop_query(query, sink.gate, grace_s)
+    finally:
+        sink.close(timeout=60)
+
+
 def progress_lines(metrics: list[dict]) -> list[dict]:
     return [m for m in metrics if m.get("event") == "progress"]
 

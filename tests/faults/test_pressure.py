@@ -24,6 +24,7 @@ import pytest
 
 from faults.harness import START_MS, consume_all, env_int, produce_recorded, progress_lines, read_metrics, wait_until
 from marketsignals import feed
+from support import start_live, stop_live
 
 pytestmark = pytest.mark.faults
 
@@ -78,7 +79,6 @@ class Run:
 def _run_pressure(spark, kafka_broker, tmp_path, symbols: int, steady: int, max_offsets: int) -> Run:
     from pyspark.sql import functions as F
 
-    from marketsignals.stream.job import start_stream
     from marketsignals.stream.metrics import MetricsListener
     from marketsignals.stream.state import bucket_of, has_state_reader, read_symbol_states
 
@@ -111,7 +111,7 @@ def _run_pressure(spark, kafka_broker, tmp_path, symbols: int, steady: int, max_
 
     listener = MetricsListener(settings.stream.metrics_path)
     started = time.monotonic()
-    query = start_stream(spark, settings, listener=listener)
+    query, sink = start_live(spark, settings, listener)
     phase_batches: dict[str, list[dict]] = {}
     produced = 0
     try:
@@ -142,7 +142,7 @@ def _run_pressure(spark, kafka_broker, tmp_path, symbols: int, steady: int, max_
         wait_until(settled, 300, "within 300s after the burst, the watermark did not reach the last valid tick - "
                    f"{WATERMARK_DELAY_S}s or the idle symbols' state was not evicted", interval_s=0.5)
     finally:
-        query.stop()
+        stop_live(query, sink)
         listener.terminated.wait(60)
         spark.streams.removeListener(listener)
     metrics = progress_lines(read_metrics(settings.stream.metrics_path))

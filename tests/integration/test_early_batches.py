@@ -11,7 +11,7 @@ import pytest
 from faults.harness import batch_ids, read_metrics, wait_until
 from marketsignals import feed
 from marketsignals.feed import parse_iso_ms
-from support import progress_lines
+from support import progress_lines, start_live, stop_live
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +38,12 @@ def _read(query, path: Path, ticks: int) -> list[dict]:
 
 
 def test_a_batch_starts_early_once_enough_ticks_wait_and_on_the_interval_otherwise(spark, kafka_broker, capsys):
-    from marketsignals.stream.job import start_stream
     from marketsignals.stream.metrics import MetricsListener
 
     settings = kafka_broker.isolated("early", f"stream.trigger=processingTime={INTERVAL_S} seconds",
                                      f"stream.early_batch_ticks={EARLY}", "kafka.starting_offsets=latest")
     listener, metrics = MetricsListener(settings.stream.metrics_path), Path(settings.stream.metrics_path)
-    query = start_stream(spark, settings, listener=listener)
+    query, sink = start_live(spark, settings, listener)
     try:
         while query.isActive and query.lastProgress is None:  # batch 0 fixes the offsets at "latest"
             query.awaitTermination(0.1)
@@ -60,7 +59,7 @@ def test_a_batch_starts_early_once_enough_ticks_wait_and_on_the_interval_otherwi
                                                         topics=tuple(settings.kafka.topics)))
         batches = _read(query, metrics, 2 * EARLY + EARLY // 5)
     finally:
-        query.stop()
+        stop_live(query, sink)
         spark.streams.removeListener(listener)
     assert query.exception() is None
     early, *rest = batches

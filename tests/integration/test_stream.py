@@ -28,7 +28,7 @@ from marketsignals.schema import (
 )
 from marketsignals.stream import checkpoint, sinks, state
 from marketsignals.validation import parse_ticks, with_reject_reason
-from support import audit_log_batches, progress_lines, run_available_now
+from support import audit_log_batches, progress_lines, run_available_now, start_live, stop_live
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +118,6 @@ def test_backtest_signals_equal_the_streaming_signals_row_for_row(spark, parity_
 
 
 def test_parity_survives_a_stop_and_restart_from_the_checkpoint(spark, kafka_broker, capsys):
-    from marketsignals.stream.job import start_stream
     from marketsignals.stream.metrics import MetricsListener
 
     # the live run warms up first (stream/warm_up.py), the bounded restart does not: neither changes a signal
@@ -126,13 +125,13 @@ def test_parity_survives_a_stop_and_restart_from_the_checkpoint(spark, kafka_bro
     kafka_broker.produce(settings, feed.FeedOptions(symbols=feed.symbol_names(5), count=1800, rate=200,
                                                     start_ms=START_MS, seed=12, topics=tuple(settings.kafka.topics)))
     listener = MetricsListener(None)
-    query = start_stream(spark, settings.with_overrides(["stream.trigger=processingTime=100 milliseconds"]),
-                         listener=listener)
+    query, sink = start_live(spark, settings.with_overrides(["stream.trigger=processingTime=100 milliseconds"]),
+                             listener)
     try:
         while query.isActive and (query.lastProgress is None or query.lastProgress["batchId"] < 2):
             query.awaitTermination(0.2)
     finally:
-        query.stop()
+        stop_live(query, sink)
         spark.streams.removeListener(listener)
     assert query.exception() is None
     first_run = audit(spark, settings).count()

@@ -12,6 +12,7 @@ import pytest
 
 from marketsignals import feed
 from marketsignals.stream import warm_up
+from support import start_live, stop_live
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +129,6 @@ def test_the_warm_up_has_spark_generate_the_code_the_kafka_stream_runs(spark, ka
 def test_a_restart_with_ticks_waiting_skips_the_warm_up(spark, kafka_broker, capsys):
     """A restart meets the ticks that came while the job was down, and they would wait for its warm-up
     too: their own batches warm the JVM. With none waiting it warms up, as a new query does."""
-    from marketsignals.stream.job import start_stream
     from marketsignals.stream.metrics import MetricsListener
 
     settings = kafka_broker.isolated("restart-warm", "stream.warm_up_ticks=600",
@@ -141,14 +141,14 @@ def test_a_restart_with_ticks_waiting_skips_the_warm_up(spark, kafka_broker, cap
     def run(read: int, overrides: tuple[str, ...] = ()) -> str:
         """Start the stream, let it read ``read`` ticks, stop it; what it printed."""
         listener = MetricsListener(None)
-        query = start_stream(spark, settings.with_overrides(list(overrides)), listener=listener)
+        query, sink = start_live(spark, settings.with_overrides(list(overrides)), listener)
         deadline = time.monotonic() + 120
         try:
             while (query.isActive and time.monotonic() < deadline
                    and sum(p["numInputRows"] for p in query.recentProgress) < read):
                 query.awaitTermination(0.2)
         finally:
-            query.stop()
+            stop_live(query, sink)
             spark.streams.removeListener(listener)
         assert query.exception() is None
         assert sum(p["numInputRows"] for p in query.recentProgress) == read
