@@ -7,7 +7,6 @@ job itself needs and leaves spark-submit's choices alone.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from marketsignals.emr.artifact import jar_version
 from marketsignals.schema import PLAIN_ENCODED_COLUMNS
 from marketsignals.settings import SparkSettings
 
@@ -22,10 +22,6 @@ from marketsignals.settings import SparkSettings
 REQUIRED_JARS = ("spark-sql-kafka-0-10", "spark-token-provider-kafka-0-10", "kafka-clients", "commons-pool2",
                  "delta-spark", "delta-storage")
 
-
-def _is_jar_of(name: str, artifact: str) -> bool:
-    """Whether the jar file ``name`` is a version of ``artifact`` (with its Scala suffix, if it has one)."""
-    return re.fullmatch(rf"{re.escape(artifact)}(_2\.1[23])?-\d.*\.jar", name) is not None
 
 BASE_CONF: dict[str, str] = {
     "spark.sql.session.timeZone": "UTC",
@@ -71,7 +67,7 @@ def local_jars(jars_dir: str) -> list[str]:
     """The connector and Delta jars from ``make jars``; a clear error if any is missing."""
     folder = Path(jars_dir)
     jars = _jars_in(folder)
-    missing = [artifact for artifact in REQUIRED_JARS if not any(_is_jar_of(Path(j).name, artifact) for j in jars)]
+    missing = [artifact for artifact in REQUIRED_JARS if not any(jar_version(j, artifact) for j in jars)]
     if missing:
         raise MissingJarsError(f"Spark jars missing in {folder} ({', '.join(missing)}): "
                                "run `make jars`")

@@ -64,6 +64,13 @@ def jar_scala_version(jar_name: str) -> str | None:
     return match.group(1) if match else None
 
 
+def jar_version(jar_name: str, artifact: str) -> str | None:
+    """The version in a jar's name if it is ``artifact``'s (with a Scala suffix or none:
+    ``delta-spark_2.13-4.0.0.jar``, ``kafka-clients-3.9.1.jar``), else None."""
+    match = re.fullmatch(rf"{re.escape(artifact)}(?:_2\.1\d)?-(\d.*)\.jar", Path(jar_name).name)
+    return match.group(1) if match else None
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (the env archive is a few hundred MB)."""
     digest = hashlib.sha256()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from marketsignals.emr.artifact import (
     MANIFEST,
     build_id,
     jar_scala_version,
+    jar_version,
     sha256_file,
 )
 from marketsignals.emr.deployment import DEFAULT_PROFILE
@@ -57,13 +57,12 @@ TARGET_PYTHON_PREFIX = "/usr"
 PROVIDED_BY_EMR = {"pyspark"}
 INSTALL_WITHOUT_DEPS = {"delta-spark"}
 DEFAULT_JAR_DIRS = (".jars/spark", ".jars/spark-aws")
-_DELTA_JAR = re.compile(r"^delta-spark_2\.1\d-(?P<version>[0-9][^/]*)\.jar$")
 
 
 def runtime_requirements(pyproject: dict[str, Any], jars: Sequence[str] = ()) -> tuple[list[str], list[str]]:
     """(requirements installed with their dependencies, requirements installed without). Given the
     artifact's ``jars``, delta-spark (the Python side of Delta's JVM API) is pinned to their Delta."""
-    delta = [m["version"] for jar in jars if (m := _DELTA_JAR.match(jar))]
+    delta = [v for jar in jars if (v := jar_version(jar, "delta-spark"))]
     with_deps, without_deps = [], []
     for line in pyproject["project"]["dependencies"]:
         name = Requirement(line).name.lower()
