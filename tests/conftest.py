@@ -24,7 +24,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-
 @pytest.fixture(scope="session")
 def base_settings() -> Settings:
     return load_settings("local", [
